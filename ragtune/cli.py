@@ -1,0 +1,31 @@
+"""The `ragtune` command: one entry point to every flow.
+
+Each module in ``ragtune.commands`` exposes ``register(app)``; they are discovered here so a new
+command never edits this file. Heavy imports (torch, pymilvus, prefect) live inside the command
+functions so ``ragtune --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+from ragtune import commands
+
+app = typer.Typer(
+    name="ragtune",
+    help="Keep an LLM application's knowledge (Milvus index) and behaviour (fine-tuned model) current.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"ragtune.commands.{_info.name}").register(app)
+
+
+if __name__ == "__main__":
+    app()

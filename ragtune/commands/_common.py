@@ -1,0 +1,47 @@
+"""What every command shares: clear errors instead of tracebacks, and the `--json` contract."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JsonOption = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
+
+
+class UserError(Exception):
+    """An error the user can fix; shown as a one-line message, never a traceback."""
+
+
+def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Print a command's result: a human summary, or one JSON object as the last stdout line."""
+    if as_json:
+        sys.stdout.flush()
+        print(json.dumps(result, default=str, sort_keys=True), flush=True)
+    else:
+        typer.echo(human(result) if human else json.dumps(result, default=str, indent=2))
+
+
+def clear_errors(func: F) -> F:
+    """Turn expected failures into `error: ...` on stderr and exit code 1 (2 for bad usage)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except (UserError, FileNotFoundError, ValueError, PermissionError, ConnectionError) as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:  # Prefect wraps task failures; the message is the useful part
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]

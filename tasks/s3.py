@@ -1,0 +1,176 @@
+"""The one module that speaks boto3: S3 verbs over SeaweedFS locally, AWS S3 or any S3 elsewhere.
+
+Everything else uses these verbs and the project's types; errors come out as ``S3Error`` with a
+message that names the endpoint and bucket but never a credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ragtune.settings import Settings
+
+SHA256_META = "sha256"
+
+
+class S3Error(RuntimeError):
+    """S3 unreachable, credentials refused, object missing or corrupt — with a clear message."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        bucket, _, prefix = uri[5:].partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {uri!r}")
+        return cls(bucket, prefix)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key or self.prefix}"
+
+
+class S3Store:
+    """A bucket (and key prefix) with the verbs ragtune needs."""
+
+    def __init__(self, settings: Settings, bucket: str | None = None, prefix: str | None = None):
+        self.endpoint = settings.s3_endpoint
+        self.bucket = bucket or settings.s3.bucket
+        self.prefix = (settings.s3.prefix if prefix is None else prefix).strip("/")
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=settings.s3.region,
+            aws_access_key_id=settings.s3.access_key_id.get_secret_value(),
+            aws_secret_access_key=settings.s3.secret_access_key.get_secret_value(),
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                          s3={"addressing_style": "path"}),
+        )
+        threshold = settings.s3.multipart_threshold_mb * 1024 * 1024
+        self._transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=threshold)
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def uri(self, relative: str) -> str:
+        return f"s3://{self.bucket}/{self.key(relative)}"
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise S3Error(f"S3 {what} failed at {self.endpoint} bucket {self.bucket!r}: {code}") from None
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 {what} failed at {self.endpoint}: {type(exc).__name__}: {exc}") from None
+
+    def ensure_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                self._call("head_bucket", lambda: (_ for _ in ()).throw(exc))
+            self._call("create_bucket", self._client.create_bucket, Bucket=self.bucket)
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
+
+    def put_bytes(self, relative: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self._call("put", self._client.put_object, Bucket=self.bucket, Key=self.key(relative), Body=data,
+                   ContentType=content_type, Metadata={SHA256_META: digest})
+        return digest
+
+    def get_bytes(self, relative: str, verify: bool = True) -> bytes:
+        resp = self._call("get " + relative, self._client.get_object, Bucket=self.bucket, Key=self.key(relative))
+        data: bytes = resp["Body"].read()
+        expected = resp.get("Metadata", {}).get(SHA256_META)
+        if verify and expected and hashlib.sha256(data).hexdigest() != expected:
+            raise S3Error(f"checksum mismatch for {self.uri(relative)}: the object is corrupt")
+        return data
+
+    def put_file(self, relative: str, path: Path, sha256: str | None = None) -> str:
+        """Upload (multipart above the threshold) and verify by reading the stored checksum back."""
+        digest = sha256 or file_sha256(path)
+        self._call("upload " + relative, self._client.upload_file, Filename=str(path), Bucket=self.bucket,
+                   Key=self.key(relative), ExtraArgs={"Metadata": {SHA256_META: digest}}, Config=self._transfer)
+        head = self.head(relative)
+        if head is None or head.get("size") != path.stat().st_size or head.get("sha256") != digest:
+            raise S3Error(f"upload of {self.uri(relative)} did not verify (size or sha256 differs)")
+        return digest
+
+    def download_file(self, relative: str, path: Path, sha256: str | None = None) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        self._call("download " + relative, self._client.download_file, Bucket=self.bucket,
+                   Key=self.key(relative), Filename=str(tmp), Config=self._transfer)
+        if sha256 and file_sha256(tmp) != sha256:
+            tmp.unlink(missing_ok=True)
+            raise S3Error(f"checksum mismatch for {self.uri(relative)}: the object is corrupt")
+        tmp.replace(path)
+        return path
+
+    def head(self, relative: str) -> dict[str, Any] | None:
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=self.key(relative))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise S3Error(f"S3 head {relative} failed at {self.endpoint}: {exc.response['Error'].get('Code')}") from None
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
+        return {"size": resp["ContentLength"], "etag": resp["ETag"].strip('"'),
+                "sha256": resp.get("Metadata", {}).get(SHA256_META)}
+
+    def exists(self, relative: str) -> bool:
+        return self.head(relative) is not None
+
+    def list(self, relative_prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under a prefix; keys are returned relative to this store's prefix."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        strip = len(self.key("")) if self.prefix else 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(relative_prefix)):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][strip:], obj["Size"], obj["ETag"].strip('"'), obj["LastModified"])
+        except ClientError as exc:
+            raise S3Error(f"S3 list failed at {self.endpoint} bucket {self.bucket!r}: "
+                          f"{exc.response.get('Error', {}).get('Code')}") from None
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
+
+    def delete(self, relatives: list[str]) -> int:
+        for start in range(0, len(relatives), 1000):
+            batch = [{"Key": self.key(r)} for r in relatives[start:start + 1000]]
+            self._call("delete", self._client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch})
+        return len(relatives)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,104 @@
+"""Shared fixtures: real services on free loopback ports, a private data dir, the Prefect harness.
+
+Tiers (markers): unit (default), `flow` (Prefect harness + embedded backends + real small models),
+`integration` (Milvus server, Prefect server, multi-process training), `data` (needs ../shared/data;
+skipped unless RAGTUNE_SHARED_DATA points at it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from ragtune.settings import S3Settings, Settings  # noqa: E402
+from tasks import stack  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache shared by the whole session (the converted generator lives here): the repo's .data cache."""
+    path = REPO / ".data" / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings with a private data dir (Milvus Lite file, stack state) and the shared model cache."""
+    data = tmp_path / "data"
+    (data / "cache").mkdir(parents=True)
+    (data / "cache" / "models").symlink_to(_models_dir(model_cache), target_is_directory=True)
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(data))
+    return Settings(data_dir=data)
+
+
+def _models_dir(cache: Path) -> Path:
+    models = cache / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    return models
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
+    """A real SeaweedFS S3 on a free port for the whole session; yields its S3 settings."""
+    home = tmp_path_factory.mktemp("seaweedfs")
+    s3 = S3Settings(port=_free_port_block(11), bucket="ragtune-test")
+    service = stack.seaweedfs(Settings(data_dir=home, s3=s3), home=home)
+    stack.start(service)
+    yield s3
+    stack.stop(service)
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, seaweedfs: S3Settings) -> Settings:
+    """`settings` pointing at the session's SeaweedFS, with a bucket private to this test."""
+    import uuid
+
+    return settings.model_copy(update={"s3": seaweedfs.model_copy(update={"prefix": f"t-{uuid.uuid4().hex[:10]}"})})
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus 2.3 standalone (one per machine: its metrics port is fixed); yields its URI."""
+    if stack.port_open(9091):
+        pytest.skip("port 9091 is taken: another Milvus server runs on this machine")
+    home = tmp_path_factory.mktemp("milvus")
+    port = _free_port_block(11)
+    settings = Settings(data_dir=home)
+    settings.milvus.server_port = port
+    service = stack.milvus_server(settings, home=home)
+    stack.start(service)
+    yield f"http://127.0.0.1:{port}"
+    stack.stop(service)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness: a temporary database and API for flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _free_port_block(width: int) -> int:
+    """A base port whose derived ports (base + 7*i, i < width) are all free."""
+    for _ in range(50):
+        base = stack.free_port()
+        if base + 7 * width < 65535 and not any(stack.port_open(base + 7 * i) for i in range(width)):
+            return base
+    raise RuntimeError("no free port block found")
+
+
+def shared_data() -> Path | None:
+    """../shared/data when the opt-in data tier is enabled (RAGTUNE_SHARED_DATA=path)."""
+    value = os.environ.get("RAGTUNE_SHARED_DATA")
+    return Path(value) if value and Path(value).is_dir() else None
