@@ -45,3 +45,14 @@ def clear_errors(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_GROUPS: dict[str, typer.Typer] = {}
+
+
+def subgroup(app: typer.Typer, name: str, help: str) -> typer.Typer:
+    """A command group (`ragtune eval ...`) that several command modules can add commands to."""
+    if name not in _GROUPS:
+        _GROUPS[name] = typer.Typer(name=name, help=help, no_args_is_help=True)
+        app.add_typer(_GROUPS[name], name=name)
+    return _GROUPS[name]
