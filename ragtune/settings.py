@@ -48,6 +48,18 @@ class ModelSettings(BaseModel):
     bf16: bool = Field(True, description="bf16 autocast on CPUs with AVX-512 bf16 and on GPUs.")
 
 
+class ReleaseSettings(BaseModel):
+    keep_last: int = Field(5, ge=1, description="Releases retention keeps (production and its parent always).")
+    grace_minutes: float = Field(60, ge=0, description="Unreferenced S3 objects younger than this are kept "
+                                 "(an in-flight promotion may be writing them).")
+    tolerances: dict[str, float] = Field(
+        default_factory=lambda: {"retrieval.hit@k": 0.02, "retrieval.ndcg@10": 0.01, "retrieval.mrr@10": 0.01,
+                                 "model.eval_loss": 0.05, "model.token_f1": 0.02},
+        description="Gate: the most each metric may regress against production (absolute). "
+                    "Metrics named *loss*/*perplexity* are lower-is-better.")
+    snapshot_rows_per_shard: int = Field(50_000, ge=1, description="Rows per Parquet shard of an index snapshot.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -58,6 +70,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     prefect: PrefectSettings = PrefectSettings()
     models: ModelSettings = ModelSettings()
+    release: ReleaseSettings = ReleaseSettings()
 
     @property
     def cache_dir(self) -> Path:
