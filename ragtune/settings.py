@@ -60,6 +60,21 @@ class ReleaseSettings(BaseModel):
     snapshot_rows_per_shard: int = Field(50_000, ge=1, description="Rows per Parquet shard of an index snapshot.")
 
 
+class AnswerSettings(BaseModel):
+    k: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")
+    mode: str = Field("hybrid", pattern="^(dense|bm25|hybrid)$", description="Retrieval: dense, bm25 or hybrid.")
+    hybrid_candidates: int = Field(50, ge=1, description="Candidates per side (dense, BM25) before RRF fusion.")
+    rrf_k: int = Field(60, ge=1, description="RRF constant: score = sum of 1 / (rrf_k + rank).")
+    prompt_tokens: int = Field(1024, ge=128, description="Prompt budget (system + context + question) in tokens; "
+                               "prefill costs seconds per thousand tokens on a CPU.")
+    max_new_tokens: int = Field(160, ge=1, le=2048, description="Most tokens an answer may have.")
+    max_question_chars: int = Field(2000, ge=1, description="Longer questions are refused.")
+    api_token: SecretStr = Field(SecretStr(""), description="Bearer token the API requires; empty = no auth.")
+    max_request_bytes: int = Field(16_384, ge=256, description="Larger API request bodies are refused (413).")
+    host: str = Field("127.0.0.1", description="Address `ragtune serve` binds.")
+    port: int = Field(8000, description="Port `ragtune serve` binds.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -71,6 +86,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = PrefectSettings()
     models: ModelSettings = ModelSettings()
     release: ReleaseSettings = ReleaseSettings()
+    answer: AnswerSettings = AnswerSettings()
 
     @property
     def cache_dir(self) -> Path:
