@@ -17,6 +17,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.utils import ChunksizeAdjuster
 
 from ragtune.settings import Settings
 
@@ -120,6 +121,18 @@ class S3Store:
         if head is None or head.get("size") != path.stat().st_size or head.get("sha256") != digest:
             raise S3Error(f"upload of {self.uri(relative)} did not verify (size or sha256 differs)")
         return digest
+
+    def expected_etag(self, path: Path) -> str:
+        """The ETag an upload of ``path`` by ``put_file`` gets: the MD5 of the bytes, or for a multipart
+        upload the MD5 of the part MD5s and the part count. Comparing it with ``head`` proves the bytes
+        the server holds without downloading them."""
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            if size < self._transfer.multipart_threshold:
+                return hashlib.md5(fh.read(), usedforsecurity=False).hexdigest()
+            part = ChunksizeAdjuster().adjust_chunksize(self._transfer.multipart_chunksize, size)
+            md5s = [hashlib.md5(b, usedforsecurity=False).digest() for b in iter(lambda: fh.read(part), b"")]
+        return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
 
     def download_file(self, relative: str, path: Path, sha256: str | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
