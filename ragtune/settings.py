@@ -75,6 +75,24 @@ class AnswerSettings(BaseModel):
     port: int = Field(8000, description="Port `ragtune serve` binds.")
 
 
+class DatasetSettings(BaseModel):
+    max_seq_len: int = Field(1024, ge=64, description="Longest example in chat-rendered tokens; "
+                             "longer ones fail the gate.")
+    eval_share: float = Field(0.2, gt=0, lt=1, description="Target share of rows in the eval split (whole groups).")
+    eval_share_bounds: tuple[float, float] = Field((0.05, 0.5), description="Gate: the eval share must lie within.")
+    min_train_rows: int = Field(8, ge=1, description="Gate: fewest train rows.")
+    min_eval_rows: int = Field(2, ge=1, description="Gate: fewest eval rows.")
+    min_response_chars: int = Field(8, ge=1, description="Gate: shortest acceptable response.")
+    near_duplicate_jaccard: float = Field(0.85, gt=0, le=1, description="Prompts this similar (char 5-grams) "
+                                          "are near-duplicates; the later one is removed.")
+    max_label_drift: float = Field(0.25, ge=0, le=1, description="Gate: most total-variation distance of the "
+                                   "label distribution from the previous accepted version of the same name.")
+    grounded_k: int = Field(3, ge=1, description="Chunks retrieved per question for grounded examples.")
+    support_threshold: float = Field(0.5, gt=0, le=1, description="Share of the answer's content words a chunk "
+                                     "must contain to be cited; unsupported questions get no grounded example.")
+    abstain_share: float = Field(0.2, ge=0, le=1, description="Abstention examples per grounded example.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -87,6 +105,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     release: ReleaseSettings = ReleaseSettings()
     answer: AnswerSettings = AnswerSettings()
+    dataset: DatasetSettings = DatasetSettings()
 
     @property
     def cache_dir(self) -> Path:
