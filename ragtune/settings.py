@@ -93,6 +93,20 @@ class DatasetSettings(BaseModel):
     abstain_share: float = Field(0.2, ge=0, le=1, description="Abstention examples per grounded example.")
 
 
+class IngestSettings(BaseModel):
+    parse_workers: int = Field(0, description="Parser subprocesses; 0 = one per free core, at most 2.")
+    parse_timeout_s: float = Field(120.0, description="Wall-clock bound per file; slower files are quarantined.")
+    parse_memory_mb: int = Field(3072, description="Address-space bound per parser process.")
+    max_file_mb: int = Field(32, description="Larger source files are quarantined without parsing.")
+    max_unzipped_mb: int = Field(512, description="Zip containers (docx, pptx...) inflating beyond this are refused.")
+    max_tokens: int = Field(256, description="Chunk budget in embedding word pieces, title prefix included.")
+    batch_docs: int = Field(32, description="Documents per parse/embed/write task.")
+    embed_batch_size: int = Field(64, description="Texts per forward pass (length-sorted).")
+    deletion_guard: float = Field(0.2, description="Refuse a run deleting more than this share of the index.")
+    watch_interval_s: float = Field(5.0, description="Polling interval of `ragtune watch`.")
+    debounce_s: float = Field(2.0, description="Wait for a changed file to settle before emitting its event.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -106,6 +120,7 @@ class Settings(BaseSettings):
     release: ReleaseSettings = ReleaseSettings()
     answer: AnswerSettings = AnswerSettings()
     dataset: DatasetSettings = DatasetSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @property
     def cache_dir(self) -> Path:
