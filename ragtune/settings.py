@@ -27,13 +27,13 @@ class MilvusSettings(BaseModel):
 
 class S3Settings(BaseModel):
     endpoint_url: str = Field("", description="S3 endpoint; empty = the local SeaweedFS on s3_port.")
-    bucket: str = "ragtune"
+    bucket: str = Field("ragtune", description="Bucket for datasets, checkpoints, snapshots, releases.")
     prefix: str = Field("", description="Key prefix inside the bucket for everything ragtune writes.")
-    region: str = "us-east-1"
-    access_key_id: SecretStr = SecretStr("ragtune")
-    secret_access_key: SecretStr = SecretStr("ragtune-local-secret")
+    region: str = Field("us-east-1", description="S3 region (any value for SeaweedFS).")
+    access_key_id: SecretStr = Field(SecretStr("ragtune"), description="S3 access key (the local SeaweedFS is configured with it).")
+    secret_access_key: SecretStr = Field(SecretStr("ragtune-local-secret"), description="S3 secret key.")
     port: int = Field(8333, description="S3 port of the local SeaweedFS.")
-    multipart_threshold_mb: int = 64
+    multipart_threshold_mb: int = Field(64, description="Files above this size upload in multipart chunks.")
 
 
 class PrefectSettings(BaseModel):
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
     )
 
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Local state: Milvus Lite file, stack data, model and dataset caches (default ./.data).")
     milvus: MilvusSettings = MilvusSettings()
     s3: S3Settings = S3Settings()
     prefect: PrefectSettings = PrefectSettings()
