@@ -1,0 +1,91 @@
+"""Retrieval for a question: encode it with the model the collection was built with, search, time both.
+
+A collection records its embedding model (``IndexMeta``); a query encoded with any other model
+would return confident garbage, so a mismatch is refused with a clear error instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from ragtune.settings import Settings
+from tasks.types import Hit
+
+MODES = ("dense", "bm25", "hybrid")
+
+
+class RetrievalError(RuntimeError):
+    """The question cannot be answered from this collection as asked; the message says why."""
+
+
+@dataclass
+class Retrieval:
+    hits: list[Hit]
+    collection: str  # the physical generation that served the search
+    mode: str  # the mode actually used (hybrid degrades to dense on Milvus servers without BM25)
+    timings: dict[str, float] = field(default_factory=dict)  # embed_s, search_s
+    note: str = ""
+
+
+@lru_cache(maxsize=2)
+def query_encoder(override: str = "") -> tuple[str, Any]:
+    """(model name, SentenceTransformer), loaded once per process."""
+    from tasks.models import embedding_source, load_embedder
+
+    return embedding_source(override).name, load_embedder(override)
+
+
+def encode_queries(settings: Settings, texts: list[str]) -> Any:
+    """Normalized query vectors (numpy), with the configured embedding model."""
+    _, model = query_encoder(settings.models.embedding)
+    return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def check_model(index: Any, collection: str, settings: Settings) -> str:
+    """The physical collection behind ``collection``, after checking its embedding model is ours."""
+    physical = index.resolve(collection)
+    if physical is None:
+        raise RetrievalError(f"no collection or alias {collection!r} at {index.uri}: run `ragtune ingest` first")
+    meta = index.index_meta(physical)
+    name, _ = query_encoder(settings.models.embedding)
+    if meta is None:
+        raise RetrievalError(f"{physical} records no embedding model: it was not built by ragtune")
+    if meta.embedding_model != name:
+        raise RetrievalError(f"{physical} was built with embedding model {meta.embedding_model!r}, "
+                             f"but queries would be encoded with {name!r}: set RAGTUNE_MODELS__EMBEDDING to it")
+    return physical
+
+
+def retrieve(settings: Settings, collection: str, question: str, k: int, mode: str, index: Any = None) -> Retrieval:
+    """The top-``k`` chunks for ``question`` (``mode``: dense, bm25 or hybrid); ``index`` an open IndexClient."""
+    from tasks import milvus
+
+    if mode not in MODES:
+        raise RetrievalError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+    if index is None:
+        with milvus.connect(settings) as opened:
+            return retrieve(settings, collection, question, k, mode, opened)
+    physical = check_model(index, collection, settings)
+    note = ""
+    if mode != "dense" and not index.has_bm25(physical):
+        if mode == "bm25":
+            raise RetrievalError(f"{physical} has no BM25 field (Milvus server < 2.5): use --mode dense")
+        mode, note = "dense", f"{physical} has no BM25 field (Milvus server < 2.5): hybrid degraded to dense"
+    t0 = time.perf_counter()
+    vector = encode_queries(settings, [question])[0] if mode != "bm25" else None
+    t1 = time.perf_counter()
+    hits = search(index, physical, question, vector, k, mode, settings)
+    t2 = time.perf_counter()
+    return Retrieval(hits, physical, mode, {"embed_s": t1 - t0, "search_s": t2 - t1}, note)
+
+
+def search(index: Any, collection: str, question: str, vector: Any, k: int, mode: str, settings: Settings) -> list[Hit]:
+    if mode == "dense":
+        return list(index.search_dense(collection, vector, k))
+    if mode == "bm25":
+        return list(index.search_bm25(collection, question, k))
+    answer = settings.answer
+    return list(index.search_hybrid(collection, question, vector, k, max(answer.hybrid_candidates, k), answer.rrf_k))
