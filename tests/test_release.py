@@ -1,0 +1,277 @@
+"""Releases: the gate decision, retention planning (pure), and manifests, pointer, uploads and index
+snapshots against a real SeaweedFS and Milvus Lite."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragtune.settings import Settings
+from tasks import release as rel
+from tasks.milvus import IndexClient
+from tasks.publish import download_files, upload_checkpoint
+from tasks.retention import plan_from_store, plan_retention
+from tasks.s3 import ObjectInfo, S3Error, S3Store
+from tasks.snapshot import SnapshotError, export_snapshot, restore_snapshot, upload_snapshot
+from tasks.types import Chunk, DocRecord, IndexMeta
+
+TOL = {"retrieval.hit@k": 0.02, "model.eval_loss": 0.05}
+
+
+# --- the gate decision (pure) -------------------------------------------------------------------------
+def test_first_release_is_promoted_without_production() -> None:
+    decision = rel.decide({"retrieval.hit@k": 0.5}, None, TOL)
+    assert decision.promote and not decision.forced
+    assert "first release" in decision.reasons[0]
+
+
+def test_regression_beyond_tolerance_is_refused_with_a_reason_per_metric() -> None:
+    decision = rel.decide({"retrieval.hit@k": 0.60, "model.eval_loss": 2.00},
+                          {"retrieval.hit@k": 0.70, "model.eval_loss": 1.90}, TOL, production_release="r1")
+    assert not decision.promote
+    text = "\n".join(decision.reasons)
+    assert "REGRESSED: model.eval_loss 1.9000 -> 2.0000 (+0.1000, tolerance 0.05)" in text  # lower is better
+    assert "REGRESSED: retrieval.hit@k 0.7000 -> 0.6000 (-0.1000, tolerance 0.02)" in text
+    assert "REFUSE" in rel.decision_markdown(decision)
+
+
+def test_within_tolerance_and_improvements_are_promoted() -> None:
+    decision = rel.decide({"retrieval.hit@k": 0.69, "model.eval_loss": 1.5},
+                          {"retrieval.hit@k": 0.70, "model.eval_loss": 1.9}, TOL)
+    assert decision.promote
+    assert sum(r.startswith("ok:") for r in decision.reasons) == 2
+
+
+def test_missing_candidate_metric_refuses_and_force_is_recorded() -> None:
+    refused = rel.decide({}, {"retrieval.hit@k": 0.7}, TOL)
+    assert not refused.promote and refused.reasons[0].startswith("MISSING")
+    forced = rel.decide({}, {"retrieval.hit@k": 0.7}, TOL, force=True)
+    assert forced.promote and forced.forced and forced.reasons[-1].startswith("FORCED")
+
+
+def test_unconfigured_metrics_do_not_gate() -> None:
+    assert rel.decide({"other": 0.0}, {"other": 1.0}, TOL).promote
+
+
+# --- retention (pure) ---------------------------------------------------------------------------------
+NOW = datetime(2026, 1, 10, tzinfo=UTC)
+
+
+def _manifest(release_id: str, parent: str | None, generation: str, files: list[str], age_h: float = 48,
+              ) -> rel.ReleaseManifest:
+    stored = [rel.StoredFile(key=k, size=1, sha256="0" * 64) for k in files]
+    return rel.ReleaseManifest(
+        release_id=release_id, created=NOW - timedelta(hours=age_h), parent=parent, code_revision="x",
+        index=rel.IndexRef(alias="docs", generation=generation),
+        model=rel.CheckpointRef(checkpoint_id="sha256-x", prefix="checkpoints/sha256-x", files=stored),
+        gate=rel.GateDecision(promote=True, reasons=[]))
+
+
+def _obj(key: str, age_h: float = 48) -> ObjectInfo:
+    return ObjectInfo(key, 1, "e", NOW - timedelta(hours=age_h))
+
+
+def _ids(n: int) -> list[str]:
+    return [f"2026010{n}T000000Z-0000000{n}" for n in range(1, n + 1)]
+
+
+def test_retention_keeps_last_n_production_and_parent_and_cleans_half_written() -> None:
+    r1, r2, r3, r4, r5 = _ids(5)
+    manifests = {r: _manifest(r, p, f"docs__g{i + 1}", [f"checkpoints/sha256-{i}/m.safetensors"], age_h=50 - i)
+                 for i, (r, p) in enumerate([(r1, None), (r2, r1), (r3, r2), (r4, r3), (r5, r1)])}
+    # r5 is a killed run: a manifest no pointer ever named. Production was rolled back to r2.
+    manifests.pop(r5)
+    history = [rel.PointerEvent(release_id=r, at=NOW, action="promote") for r in (r1, r2, r3, r4)]
+    pointer = rel.Pointer(release_id=r2, manifest_sha256="x", updated=NOW, history=history)
+    objects = [_obj(rel.manifest_key(r)) for r in (r1, r2, r3, r4, r5)]
+    objects += [_obj(f"checkpoints/sha256-{i}/m.safetensors") for i in range(5)]
+    objects += [_obj("checkpoints/sha256-9/fresh", age_h=0.1), _obj("datasets/abc/train.jsonl")]
+    plan = plan_retention(pointer, manifests, objects, keep_last=1, now=NOW, grace=timedelta(hours=1),
+                          generations={"docs": ["docs__g1", "docs__g2", "docs__g3", "docs__g4", "docs__g5"]})
+    assert plan.keep == [r1, r2, r4]  # last 1 (r4) + production (r2) + its parent (r1)
+    assert plan.drop_releases == [r3] and plan.half_written == [r5]
+    assert "checkpoints/sha256-2/m.safetensors" in plan.delete_keys  # r3's only
+    assert "checkpoints/sha256-4/m.safetensors" in plan.delete_keys  # r5's, never referenced
+    assert "checkpoints/sha256-9/fresh" not in plan.delete_keys  # younger than the grace period
+    assert "datasets/abc/train.jsonl" not in plan.delete_keys  # not promotion's to delete
+    assert rel.manifest_key(r2) not in plan.delete_keys
+    # g3 (dropped r3) lies between kept generations; only generations older than all kept ones go, and
+    # g5 (newer: maybe a candidate being built) stays.
+    assert plan.drop_generations == []
+
+
+def test_retention_drops_only_generations_older_than_every_kept_one() -> None:
+    r1, r2, r3 = _ids(3)
+    manifests = {r: _manifest(r, p, g, [], age_h=50 - i)
+                 for i, (r, p, g) in enumerate([(r1, None, "docs__g1"), (r2, r1, "docs__g2"), (r3, r2, "docs__g3")])}
+    history = [rel.PointerEvent(release_id=r, at=NOW, action="promote") for r in (r1, r2, r3)]
+    pointer = rel.Pointer(release_id=r3, manifest_sha256="x", updated=NOW, history=history)
+    plan = plan_retention(pointer, manifests, [_obj(rel.manifest_key(r)) for r in (r1, r2, r3)], keep_last=1,
+                          now=NOW, grace=timedelta(0),
+                          generations={"docs": ["docs__g1", "docs__g2", "docs__g3", "docs__g4"], "x": ["x__g1"]})
+    assert plan.keep == [r2, r3]
+    assert plan.drop_generations == ["docs__g1"]
+    assert plan.delete_keys == [rel.manifest_key(r1)]
+
+
+# --- manifests and the pointer on SeaweedFS -----------------------------------------------------------
+@pytest.fixture
+def store(s3_settings: Settings) -> S3Store:
+    s = S3Store(s3_settings)
+    s.ensure_bucket()
+    return s
+
+
+def _publish(store: S3Store, parent: str | None, content: str, files: list[rel.StoredFile] | None = None,
+             ) -> rel.ReleaseManifest:
+    manifest = rel.ReleaseManifest(
+        release_id=rel.new_release_id(content), created=datetime.now(UTC), parent=parent,
+        code_revision=rel.code_revision(), gate=rel.GateDecision(promote=True, reasons=["test"]),
+        model=rel.CheckpointRef(checkpoint_id="c", prefix="checkpoints/c", files=files or []))
+    digest = rel.write_manifest(store, manifest)
+    rel.flip_pointer(store, manifest.release_id, digest, "promote", expected=parent)
+    return manifest
+
+
+def test_pointer_flip_listing_and_rollback_target(store: S3Store) -> None:
+    assert rel.read_pointer(store) is None and rel.list_releases(store) == []
+    first = _publish(store, None, "a")
+    second = _publish(store, first.release_id, "b")
+    half = rel.ReleaseManifest(release_id=rel.new_release_id("c"), created=datetime.now(UTC),
+                               parent=second.release_id, code_revision="x", gate=rel.GateDecision(promote=True,
+                                                                                                  reasons=[]))
+    rel.write_manifest(store, half)  # a killed run: manifest written, pointer never flipped
+    listed = rel.list_releases(store)
+    assert [i.manifest.release_id for i in listed] == [first.release_id, second.release_id]
+    assert [i.production for i in listed] == [False, True]
+    assert len(rel.list_releases(store, include_unserved=True)) == 3
+    pointer, target, _ = rel.rollback_target(store)
+    assert pointer.release_id == second.release_id and target.release_id == first.release_id
+    with pytest.raises(rel.ReleaseError, match="never published"):
+        rel.rollback_target(store, half.release_id)
+    with pytest.raises(rel.ReleaseError, match="production moved"):
+        rel.flip_pointer(store, half.release_id, "x", "promote", expected=first.release_id)
+    assert rel.read_pointer(store).release_id == second.release_id  # type: ignore[union-attr]
+
+
+def test_manifests_are_immutable_and_verified_against_the_pointer(store: S3Store) -> None:
+    first = _publish(store, None, "a")
+    changed = first.model_copy(update={"code_revision": "other"})
+    with pytest.raises(rel.ReleaseError, match="already exists"):
+        rel.write_manifest(store, changed)
+    store.put_bytes(rel.manifest_key(first.release_id), changed.to_bytes())  # overwritten behind our back
+    with pytest.raises(rel.ReleaseError, match="does not match the pointer"):
+        rel.production(store)
+
+
+# --- checkpoint upload: multipart, verified, idempotent, self-healing ------------------------------------
+def _checkpoint(root: Path, weights_mb: int = 0) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "tiny"}')
+    (root / "tokenizer.json").write_text('{"v": 1}')
+    (root / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(weights_mb * 1024 * 1024 + 17))
+    (root / "optimizer.bin").write_bytes(b"training state, not released")
+    return root
+
+
+def test_checkpoint_upload_multipart_verified_and_rerun_reuses(s3_settings: Settings, tmp_path: Path) -> None:
+    settings = s3_settings.model_copy(update={"s3": s3_settings.s3.model_copy(update={"multipart_threshold_mb": 5})})
+    store = S3Store(settings)
+    store.ensure_bucket()
+    ckpt = _checkpoint(tmp_path / "ckpt", weights_mb=11)
+    ref, report = upload_checkpoint(store, ckpt)
+    assert report.uploaded == 3 and report.reused == 0
+    assert sorted(f.key.rsplit("/", 1)[1] for f in ref.files) == ["config.json", "model.safetensors", "tokenizer.json"]
+    weights = next(f for f in ref.files if f.key.endswith(".safetensors"))
+    assert weights.etag.endswith("-3")  # three 5 MiB parts: the multipart path, verified by ETag
+    assert rel.verify_stored(store, ref.files) == []
+    again, report2 = upload_checkpoint(store, ckpt)
+    assert again == ref and report2.uploaded == 0 and report2.reused == 3
+    store.put_bytes(weights.key, b"corrupt")  # bytes overwritten (with a matching sha256 of its own)
+    assert rel.verify_stored(store, ref.files) == [f"{weights.key}: checksum mismatch (corrupt or overwritten)"]
+    _, healed = upload_checkpoint(store, ckpt)
+    assert healed.replaced == [weights.key] and rel.verify_stored(store, ref.files) == []
+    out = download_files(store, ref.files, ref.prefix, tmp_path / "dl")
+    assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == weights.sha256
+
+
+def test_download_detects_a_corrupt_object(store: S3Store, tmp_path: Path) -> None:
+    ref, _ = upload_checkpoint(store, _checkpoint(tmp_path / "ckpt"))
+    store.put_bytes(ref.files[0].key, b"{}")
+    with pytest.raises(S3Error, match="checksum mismatch"):
+        download_files(store, ref.files, ref.prefix, tmp_path / "dl")
+
+
+def test_not_a_checkpoint_is_refused(store: S3Store, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        upload_checkpoint(store, tmp_path / "empty")
+
+
+# --- index snapshots: Milvus Lite -> S3 -> a fresh Milvus Lite ------------------------------------------
+def _index(path: Path, n: int = 40, dim: int = 16) -> tuple[IndexClient, np.ndarray]:
+    client = IndexClient(str(path))
+    gen = client.ensure_generation("docs", IndexMeta("test-embedder", dim, {"max_tokens": 64}))
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((n, dim)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks = [Chunk(doc_id=f"doc{i // 4}", chunk_index=i % 4, text=f"chunk {i} of doc {i // 4} — ünïcode",
+                    uri=f"file:///docs/{i // 4}.md", title=f"Doc {i // 4}", section="Intro", page=i % 3)
+              for i in range(n)]
+    client.upsert_chunks(gen, chunks, vectors)
+    client.write_records(gen, [DocRecord(doc_id=f"doc{d}", uri=f"file:///docs/{d}.md", source="file:///docs",
+                                         path=f"{d}.md", size=10, version="1", content_hash=f"h{d}", chunk_count=4)
+                               for d in range(n // 4)])
+    client.flush(gen)
+    client.flush_records(gen)
+    return client, vectors
+
+
+def test_snapshot_restore_into_fresh_milvus_answers_identically(store: S3Store, tmp_path: Path) -> None:
+    source, vectors = _index(tmp_path / "a.db")
+    local = export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=15)
+    assert local.rows == 40 and local.names[:3] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    snap = upload_snapshot(store, local)
+    assert snap.prefix == f"indexes/docs__g1/{local.snapshot_id}" and rel.verify_stored(store, snap.files) == []
+    assert upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work2", 15)) == snap  # idempotent
+    with IndexClient(str(tmp_path / "fresh.db")) as fresh:
+        result = restore_snapshot(store, snap, fresh, tmp_path / "restore", alias="docs", serve=True)
+        assert (result.collection, result.rows) == ("docs__g1", 40)
+        queries = vectors[:8] + 0.1
+        before = source.search_dense_many("docs", queries, k=5)
+        after = fresh.search_dense_many("docs", queries, k=5)
+        assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
+        assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before])
+        assert after[0][0].text == before[0][0].text and after[0][0].metadata == before[0][0].metadata
+        assert fresh.read_records("docs") == source.read_records("docs")
+        assert fresh.index_meta("docs") == source.index_meta("docs")
+        with pytest.raises(SnapshotError, match="already exists"):
+            restore_snapshot(store, snap, fresh, tmp_path / "restore", alias="docs")
+    source.close()
+
+
+def test_restore_refuses_a_corrupt_shard(store: S3Store, tmp_path: Path) -> None:
+    source, _ = _index(tmp_path / "a.db", n=8)
+    snap = upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=100))
+    source.close()
+    store.put_bytes(snap.files[0].key, b"PAR1 not really")
+    with IndexClient(str(tmp_path / "fresh.db")) as fresh, pytest.raises(S3Error, match="checksum mismatch"):
+        restore_snapshot(store, snap, fresh, tmp_path / "restore", alias="docs")
+    with IndexClient(str(tmp_path / "fresh.db")) as fresh:
+        assert fresh.resolve("docs") is None  # nothing half-restored
+
+
+def test_retention_on_s3_cleans_a_half_written_release(store: S3Store, tmp_path: Path) -> None:
+    first = _publish(store, None, "a")
+    ref, _ = upload_checkpoint(store, _checkpoint(tmp_path / "ckpt"))  # a killed run's upload, no manifest
+    second = _publish(store, first.release_id, "b")
+    plan = plan_from_store(store, keep_last=5, grace=timedelta(0))
+    assert plan.keep == [first.release_id, second.release_id]
+    assert sorted(plan.delete_keys) == sorted(f.key for f in ref.files)
+    young = plan_from_store(store, keep_last=5, grace=timedelta(hours=1))
+    assert young.delete_keys == []  # an in-flight run may still be writing them
