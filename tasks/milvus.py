@@ -110,11 +110,14 @@ class IndexClient:
         self.check_meta(physical, meta)
         return physical
 
-    def create_generation(self, alias: str, meta: IndexMeta) -> str:
-        """A new empty generation beside the live one (not served until ``set_alias``)."""
+    def create_generation(self, alias: str, meta: IndexMeta, name: str | None = None) -> str:
+        """A new empty generation beside the live one (not served until ``set_alias``).
+
+        ``name``: a given generation name (a snapshot restore keeps the release's generation name).
+        """
         existing = self.list_generations(alias)
         n = int(existing[-1].rsplit("__g", 1)[1]) + 1 if existing else 1
-        name = generation_name(alias, n)
+        name = name or generation_name(alias, n)
         bm25 = meta.bm25 and self.server_supports_bm25()
         final = IndexMeta(meta.embedding_model, meta.dim, meta.chunker, meta.metric, bm25, meta.record_version)
         self._create_chunks(name, final)
