@@ -58,6 +58,7 @@ class ReleaseSettings(BaseModel):
         description="Gate: the most each metric may regress against production (absolute). "
                     "Metrics named *loss*/*perplexity* are lower-is-better.")
     snapshot_rows_per_shard: int = Field(50_000, ge=1, description="Rows per Parquet shard of an index snapshot.")
+    pointer_ttl_s: float = Field(5.0, ge=0, description="Serving re-reads the production pointer at most this often.")
 
 
 class AnswerSettings(BaseModel):
