@@ -108,6 +108,16 @@ class IngestSettings(BaseModel):
     debounce_s: float = Field(2.0, description="Wait for a changed file to settle before emitting its event.")
 
 
+class OrchestrationSettings(BaseModel):
+    failure_block: str = Field("", description="Slug of an existing Prefect notification block (e.g. "
+                               "`slack-webhook/ops`, made in the UI) told about failed ragtune runs.")
+    failure_webhook_url: SecretStr = Field(SecretStr(""), description="URL that gets a JSON POST for each failed "
+                                           "ragtune run (when no failure_block); empty = the automation only logs.")
+    release_min_changed: int = Field(20, ge=1, description="A scheduled ingestion that adds, updates or deletes at "
+                                     "least this many documents chains a release-pipeline run.")
+    worker_limit: int = Field(1, ge=1, description="Flow runs the `ragtune deploy` worker runs at once.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -122,6 +132,7 @@ class Settings(BaseSettings):
     answer: AnswerSettings = AnswerSettings()
     dataset: DatasetSettings = DatasetSettings()
     ingest: IngestSettings = IngestSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
 
     @property
     def cache_dir(self) -> Path:
