@@ -20,7 +20,8 @@ from tasks.prompting import Prompt
 from tasks.types import Hit
 
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-_STOP = frozenset("the and for are was were with that this from you your can has have not but all any its".split())
+_STOP = frozenset({"the", "and", "for", "are", "was", "were", "with", "that", "this", "from", "you", "your",
+                   "can", "has", "have", "not", "but", "all", "any", "its"})
 
 
 @dataclass
@@ -140,7 +141,8 @@ def _citation(n: int, hit: Hit, how: str) -> Citation:
 
 
 def _words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9][a-z0-9_\-]*", text.lower()) if (len(w) > 2 or w.isdigit()) and w not in _STOP}
+    words = re.findall(r"[a-z0-9][a-z0-9_\-]*", text.lower())
+    return {w for w in words if (len(w) > 2 or w.isdigit()) and w not in _STOP}
 
 
 def _generate(model: Any, kwargs: dict[str, Any], streamer: Any, errors: list[BaseException]) -> None:

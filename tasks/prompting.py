@@ -20,6 +20,7 @@ SYSTEM_PROMPT = (
     "Cite the documents you use with their numbers in square brackets, like [1]. "
     "If the documents do not contain the answer, say: I don't know."
 )
+CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]  # SmolLM2's; the tokenizer's own list wins
 MIN_CHUNK_TOKENS = 32  # a truncated chunk shorter than this says nothing useful: stop instead
 _TAG = re.compile(r"<\s*/?\s*(document|question)\b[^>]*>", re.IGNORECASE)
 
@@ -53,10 +54,23 @@ def document_block(n: int, hit: Hit, special_tokens: list[str]) -> str:
     return f'<document id="{n}" source="{label}">\n{body}\n</document>\n'
 
 
-def render(tokenizer: Any, question: str, blocks: list[str]) -> str:
+def chat_messages(question: str, blocks: list[str]) -> list[dict[str, str]]:
+    """System rules + user turn (numbered document blocks, then the question); the assistant turn is the model's."""
     context = "".join(blocks) if blocks else "(no documents found)\n"
     user = f"Documents:\n{context}\n<question>\n{question}\n</question>"
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def context_messages(question: str, chunks: list[Hit | str], special_tokens: list[str] = CHAT_SPECIALS
+                     ) -> list[dict[str, str]]:
+    """The answering prompt's messages for given context (chunks or plain texts), unbudgeted: for datasets."""
+    hits = [Hit(id="", score=0.0, text=c, doc_id="") if isinstance(c, str) else c for c in chunks]
+    blocks = [document_block(n, h, special_tokens) for n, h in enumerate(hits, start=1)]
+    return chat_messages(sanitize(question, special_tokens).strip(), blocks)
+
+
+def render(tokenizer: Any, question: str, blocks: list[str]) -> str:
+    messages = chat_messages(question, blocks)
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 

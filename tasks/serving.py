@@ -21,7 +21,17 @@ class Serving:
 
 
 def resolve_serving(settings: Settings) -> Serving:
+    """The production release's generation and checkpoint when a release pointer exists (verified by
+    sha256 at load), else the configured alias and base model."""
     from tasks.models import generator_source
+    from tasks.release_cache import production_release
 
+    release = production_release(settings)
+    collection = settings.milvus.collection
+    if release and release.collection and release.manifest.index and release.manifest.index.alias == collection:
+        collection = release.collection
+    if release and release.model_path and release.manifest.model:
+        return Serving(collection, release.model_path, f"checkpoint:{release.manifest.model.checkpoint_id}",
+                       release.release_id)
     source = generator_source(settings.cache_dir, settings.models.generator)
-    return Serving(settings.milvus.collection, source.path, source.name, None)
+    return Serving(collection, source.path, source.name, release.release_id if release else None)

@@ -1,0 +1,101 @@
+"""Retrieval and answering on a real Milvus Lite with the real models."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from ragtune.settings import Settings
+from tasks import milvus
+from tasks.answering import QuestionError, ask
+from tasks.models import EMBEDDING_MODEL_NAME, configure_torch
+from tasks.retrieval import RetrievalError, encode_queries, retrieve
+from tasks.types import Chunk, IndexMeta, doc_id_for
+
+TOPICS = ["resetting a forgotten password", "replacing the printer toner", "configuring the VPN client",
+          "exporting invoices to CSV", "enabling two-factor login", "restoring a deleted mailbox",
+          "updating the laptop BIOS", "mapping a network drive", "renewing the TLS certificate",
+          "migrating the calendar", "clearing the browser cache", "installing the docking station driver"]
+
+
+def article_ids() -> list[str]:
+    """Permutations of one digit string: identifiers a sentence embedding cannot tell apart."""
+    rng, found = random.Random(3), set()
+    while len(found) < len(TOPICS):
+        digits = list("4471829")
+        rng.shuffle(digits)
+        found.add("KB" + "".join(digits))
+    return sorted(found)
+
+
+def index_texts(settings: Settings, alias: str, docs: dict[str, str], model: str = EMBEDDING_MODEL_NAME) -> None:
+    """One chunk per document, embedded with the query encoder, written and flushed."""
+    chunks = [Chunk(doc_id_for(uri), 0, text, uri, path=uri) for uri, text in docs.items()]
+    vectors = encode_queries(settings, [c.text for c in chunks])
+    with milvus.connect(settings) as index:
+        name = index.ensure_generation(alias, IndexMeta(model, int(vectors.shape[1]), {"test": True}))
+        index.upsert_chunks(name, chunks, vectors)
+        index.flush(name)
+
+
+@pytest.fixture
+def kb(settings: Settings) -> Settings:
+    configure_torch(1)
+    pairs = zip(article_ids(), TOPICS, strict=True)
+    docs = {f"kb/{a}.md": f"Knowledge base article {a}: a guide to {t}." for a, t in pairs}
+    docs["manual.md"] = "The Zorblax 3000 vacuum cleaner has a battery life of 90 minutes and charges in 4 hours."
+    index_texts(settings, "docs", docs)
+    return settings
+
+
+def top_uri(settings: Settings, question: str, mode: str) -> str:
+    return retrieve(settings, "docs", question, 3, mode).hits[0].uri
+
+
+def test_hybrid_finds_an_exact_identifier_that_dense_misses(kb: Settings) -> None:
+    target = article_ids()[3]
+    found = retrieve(kb, "docs", f"What is {target} about?", 3, "dense")
+    assert found.mode == "dense" and found.hits[0].uri != f"kb/{target}.md"
+    assert top_uri(kb, f"What is {target} about?", "bm25") == f"kb/{target}.md"
+    assert top_uri(kb, f"What is {target} about?", "hybrid") == f"kb/{target}.md"
+    assert set(found.timings) == {"embed_s", "search_s"} and found.collection == "docs__g1"
+
+
+def test_dense_retrieval_ranks_by_meaning(kb: Settings) -> None:
+    hits = retrieve(kb, "docs", "how many minutes does the vacuum run on one charge", 3, "dense").hits
+    assert hits[0].uri == "manual.md" and hits[0].score > hits[1].score
+
+
+def test_answer_cites_the_indexed_document(kb: Settings) -> None:
+    stream = ask(kb, "How long does the Zorblax 3000 battery last?", k=3, mode="hybrid", max_new_tokens=20)
+    pieces = list(stream)
+    answer = stream.answer
+    assert answer is not None and "".join(pieces).strip() == answer.text
+    assert "90" in answer.text
+    assert answer.citations and answer.citations[0].uri == "manual.md"
+    assert answer.collection == "docs__g1" and answer.model.endswith("SmolLM2-135M-Instruct")
+    assert answer.release_id is None and answer.sources[0]["uri"] == "manual.md"
+    assert {"embed_s", "search_s", "generate_s", "first_token_s"} <= set(answer.timings)
+
+
+def test_a_collection_built_with_another_model_is_refused(settings: Settings) -> None:
+    index_texts(settings, "other", {"a.md": "text"}, model="some/other-model")
+    with pytest.raises(RetrievalError, match="some/other-model"):
+        retrieve(settings, "other", "text", 3, "dense")
+
+
+@pytest.mark.parametrize(("question", "mode", "error", "match"), [
+    ("  ", None, QuestionError, "empty"),
+    ("x" * 5000, None, QuestionError, "limit is 2000"),
+    ("fine", "fuzzy", RetrievalError, "unknown retrieval mode"),
+])
+def test_bad_questions_fail_clearly(kb: Settings, question: str, mode: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ask(kb, question, mode=mode)
+
+
+def test_an_unknown_collection_fails_clearly(settings: Settings) -> None:
+    with pytest.raises(RetrievalError, match="no collection or alias 'nope'"):
+        retrieve(settings, "nope", "q", 3, "dense")
