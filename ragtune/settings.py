@@ -116,6 +116,8 @@ class OrchestrationSettings(BaseModel):
     release_min_changed: int = Field(20, ge=1, description="A scheduled ingestion that adds, updates or deletes at "
                                      "least this many documents chains a release-pipeline run.")
     worker_limit: int = Field(1, ge=1, description="Flow runs the `ragtune deploy` worker runs at once.")
+    pool_type: str = Field("process", pattern="^(process|kubernetes)$", description="Type of the work pools "
+                           "`ragtune deploy` creates: process (local) or kubernetes (job templates in infra/prefect).")
 
 
 class Settings(BaseSettings):
