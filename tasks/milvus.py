@@ -44,6 +44,10 @@ class Bm25UnavailableError(MilvusIndexError):
     """The collection has no BM25 sparse field (Milvus server < 2.5)."""
 
 
+# What readers catch for "Milvus is down or refused the call", without importing pymilvus themselves.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (MilvusException, MilvusIndexError)
+
+
 def generation_name(alias: str, n: int) -> str:
     return f"{alias}__g{n}"
 
