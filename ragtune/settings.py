@@ -120,6 +120,14 @@ class OrchestrationSettings(BaseModel):
                            "`ragtune deploy` creates: process (local) or kubernetes (job templates in infra/prefect).")
 
 
+class TrainingSettings(BaseModel):
+    profile: str = Field("cpu-1proc", description="accelerate profile: infra/accelerate/<profile>.yaml.")
+    preset: str = Field("default", description="Training preset (tasks/training/config.py): default, demo, test.")
+    method: str = Field("lora", pattern="^(lora|full)$", description="LoRA adapters (merged at the end) or full.")
+    eval_examples: int = Field(64, ge=1, description="Eval-split examples `ragtune eval model` generates for.")
+    max_new_tokens: int = Field(128, ge=1, description="Greedy decoding budget per answer in model evaluation.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -135,6 +143,7 @@ class Settings(BaseSettings):
     dataset: DatasetSettings = DatasetSettings()
     ingest: IngestSettings = IngestSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @property
     def cache_dir(self) -> Path:
