@@ -1,0 +1,44 @@
+"""finetune_model: an accepted dataset version -> a fine-tuned generator, evaluated against the base.
+
+    python -m flows.finetune DATASET_VERSION [--profile cpu-2proc] [--preset demo] [--method full]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from ragtune.settings import get_settings
+from tasks.finetune import accepted_dataset, train_model
+from tasks.model_eval import evaluate_models, report_markdown
+
+
+@flow(name="finetune-model")
+def finetune_model(dataset: str, profile: str = "", preset: str = "", method: str = "", resume: bool = False,
+                   evaluate: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    version = accepted_dataset(settings, dataset)  # refuses a version whose gate did not pass
+    t = settings.training
+    run = train_model(settings, version.path, version.version, profile or t.profile, preset or t.preset,
+                      method or t.method, resume, overrides)
+    summary: dict[str, Any] = {"dataset": version.version, "run_dir": str(run.run_dir), **run.result}
+    if evaluate and run.result.get("event") == "result":
+        report = evaluate_models(settings, run.model_dir, version.eval_path)
+        create_markdown_artifact(report_markdown(report), key="model-eval", description="base vs candidate")
+        summary["eval"] = {"base": report["base"], "candidate": report["candidate"]}
+    get_run_logger().info("fine-tuned %s on %s: %s", method or t.method, version.version[:12], run.model_dir)
+    return summary
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--preset", default="")
+    parser.add_argument("--method", default="", choices=("", "lora", "full"))
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    print(finetune_model(args.dataset, args.profile, args.preset, args.method, args.resume))
