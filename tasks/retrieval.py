@@ -21,6 +21,14 @@ class RetrievalError(RuntimeError):
     """The question cannot be answered from this collection as asked; the message says why."""
 
 
+class CollectionNotFoundError(RetrievalError):
+    """No collection or alias of that name."""
+
+
+class IndexUnavailableError(RetrievalError):
+    """Milvus is down or refused the search."""
+
+
 @dataclass
 class Retrieval:
     hits: list[Hit]
@@ -48,7 +56,8 @@ def check_model(index: Any, collection: str, settings: Settings) -> str:
     """The physical collection behind ``collection``, after checking its embedding model is ours."""
     physical = index.resolve(collection)
     if physical is None:
-        raise RetrievalError(f"no collection or alias {collection!r} at {index.uri}: run `ragtune ingest` first")
+        raise CollectionNotFoundError(f"no collection or alias {collection!r} at {index.uri}: "
+                                      "run `ragtune ingest` first")
     meta = index.index_meta(physical)
     name, _ = query_encoder(settings.models.embedding)
     if meta is None:
@@ -66,8 +75,18 @@ def retrieve(settings: Settings, collection: str, question: str, k: int, mode: s
     if mode not in MODES:
         raise RetrievalError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
     if index is None:
-        with milvus.connect(settings) as opened:
-            return retrieve(settings, collection, question, k, mode, opened)
+        try:
+            with milvus.connect(settings) as opened:
+                return retrieve(settings, collection, question, k, mode, opened)
+        except milvus.SERVICE_ERRORS as exc:
+            raise IndexUnavailableError(f"Milvus at {settings.milvus_uri} failed: {_message(exc)}") from None
+    try:
+        return _retrieve(settings, collection, question, k, mode, index)
+    except milvus.SERVICE_ERRORS as exc:
+        raise IndexUnavailableError(f"Milvus at {index.uri} failed: {_message(exc)}") from None
+
+
+def _retrieve(settings: Settings, collection: str, question: str, k: int, mode: str, index: Any) -> Retrieval:
     physical = check_model(index, collection, settings)
     note = ""
     if mode != "dense" and not index.has_bm25(physical):
@@ -89,3 +108,7 @@ def search(index: Any, collection: str, question: str, vector: Any, k: int, mode
         return list(index.search_bm25(collection, question, k))
     answer = settings.answer
     return list(index.search_hybrid(collection, question, vector, k, max(answer.hybrid_candidates, k), answer.rrf_k))
+
+
+def _message(exc: Exception) -> str:
+    return str(getattr(exc, "message", "") or exc)
