@@ -1,0 +1,68 @@
+"""build_dataset: curated (+ grounded) examples -> GX gate -> content-addressed dataset version on S3.
+
+Run locally: ``python -m flows.dataset examples/ragtune_qa.jsonl [--grounded-from docs]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from ragtune.settings import Settings, get_settings
+from tasks import dataset_build as steps
+from tasks.dataset_store import check_name, name_for
+
+# NO_CACHE: inputs are whole datasets; hashing them for a cache key would cost more than the step
+prepare_examples = task(steps.prepare_examples, name="prepare-examples", cache_policy=NO_CACHE)
+validate_examples = task(steps.validate_examples, name="validate-examples", cache_policy=NO_CACHE)
+quarantine_examples = task(steps.quarantine_examples, name="quarantine-examples", cache_policy=NO_CACHE)
+publish_dataset = task(steps.publish_dataset, name="publish-dataset", cache_policy=NO_CACHE)
+
+
+@flow(name="build-dataset", log_prints=True)
+def build_dataset(examples: str, mapping: str = "default", grounded_from: str | None = None, name: str | None = None,
+                  seed: int = 13, eval_share: float | None = None, max_seq_len: int | None = None) -> dict[str, Any]:
+    """Validate examples with the GX gate; publish them as a dataset version only if every critical check holds."""
+    settings, name = run_settings(eval_share, max_seq_len), check_name(name or name_for(examples))
+    run_id = str(runtime.flow_run.id or uuid.uuid4())
+    prepared = prepare_examples(settings, examples, mapping, seed, grounded_from)
+    report = validate_examples(settings, prepared, name)
+    if not report.success:
+        where = quarantine_examples(settings, prepared, report, run_id)
+        create_markdown_artifact(steps.gate_markdown(report, f"refused; quarantine: {where['s3']}"), key="dataset-gate")
+        raise steps.refuse(report, where)
+    version, reused = publish_dataset(settings, prepared, report, name, run_id)
+    create_markdown_artifact(steps.gate_markdown(report, f"version `{version.version}`"), key="dataset-gate")
+    get_run_logger().info("dataset %s %s: %s", name, "unchanged" if reused else "published", version.version)
+    return summary(version, reused)
+
+
+def run_settings(eval_share: float | None, max_seq_len: int | None) -> Settings:
+    """Settings with this run's overrides of the dataset section (flow parameters win)."""
+    settings = get_settings()
+    overrides = {k: v for k, v in {"eval_share": eval_share, "max_seq_len": max_seq_len}.items() if v is not None}
+    section = settings.dataset.model_validate({**settings.dataset.model_dump(), **overrides})
+    return settings.model_copy(update={"dataset": section})
+
+
+def summary(version: Any, reused: bool) -> dict[str, Any]:
+    m = version.manifest
+    return {"version": version.version, "name": m["name"], "reused": reused, "passed": version.passed,
+            "counts": m["counts"], "tokens": m["tokens"], "path": str(version.path),
+            "warnings": [e["name"] for e in m["gate"]["expectations"] if not e["success"]]}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=build_dataset.__doc__)
+    parser.add_argument("examples")
+    parser.add_argument("--mapping", default="default")
+    parser.add_argument("--grounded-from")
+    parser.add_argument("--name")
+    args = parser.parse_args()
+    print(json.dumps(build_dataset(args.examples, args.mapping, args.grounded_from, args.name), indent=2))
