@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="ragtune", version="0.1.0", summary="Answers from the indexed documents, with sources.")
     app.add_middleware(BodyLimit, limit=settings.answer.max_request_bytes)
     index = _IndexHolder(settings)
-    auth = _bearer(settings)
+    auth = _Bearer(settings.answer.api_token.get_secret_value())
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -165,18 +165,21 @@ def _health(settings: Settings, index: _IndexHolder) -> JSONResponse:
     return JSONResponse({**body, "status": "ok", "generation": physical})
 
 
-def _bearer(settings: Settings) -> Any:
-    scheme = HTTPBearer(auto_error=False)
-    token = settings.answer.api_token.get_secret_value()
+_SCHEME = HTTPBearer(auto_error=False)
 
-    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        if not token:
+
+class _Bearer:
+    """Require ``Authorization: Bearer <token>`` when settings hold a token (constant-time comparison)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)]) -> None:
+        if not self.token:
             return
         given = credentials.credentials if credentials else ""
-        if not secrets.compare_digest(given.encode(), token.encode()):
+        if not secrets.compare_digest(given.encode(), self.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
