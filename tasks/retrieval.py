@@ -6,15 +6,17 @@ would return confident garbage, so a mismatch is refused with a clear error inst
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
-from ragtune.settings import Settings
+from ragtune.settings import Settings, get_settings
 from tasks.types import Hit
 
 MODES = ("dense", "bm25", "hybrid")
+_EMBEDDERS: dict[str, Any] = {}
+_LOCK = threading.Lock()
 
 
 class RetrievalError(RuntimeError):
@@ -38,18 +40,31 @@ class Retrieval:
     note: str = ""
 
 
-@lru_cache(maxsize=2)
-def query_encoder(override: str = "") -> tuple[str, Any]:
-    """(model name, SentenceTransformer), loaded once per process."""
-    from tasks.models import embedding_source, load_embedder
+def query_embedder(settings: Settings) -> Any:
+    """The ingestion path's Embedder (same model, pooling, normalisation), loaded once per process and model.
 
-    return embedding_source(override).name, load_embedder(override)
+    fp32: bf16 autocast pays off on batches, but measured slower for one short query on this CPU.
+    """
+    from tasks.embedding import Embedder
+
+    key = settings.models.embedding
+    with _LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = Embedder(settings, bf16=False)
+        return _EMBEDDERS[key]
+
+
+def query_encoder(override: str = "", settings: Settings | None = None) -> tuple[str, Any]:
+    """(model name, SentenceTransformer) that queries are encoded with."""
+    base = settings or get_settings()
+    models = base.models.model_copy(update={"embedding": override})
+    embedder = query_embedder(base.model_copy(update={"models": models}))
+    return embedder.name, embedder.model
 
 
 def encode_queries(settings: Settings, texts: list[str]) -> Any:
-    """Normalized query vectors (numpy), with the configured embedding model."""
-    _, model = query_encoder(settings.models.embedding)
-    return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    """Unit query vectors (numpy float32), with the configured embedding model."""
+    return query_embedder(settings).encode(texts)
 
 
 def check_model(index: Any, collection: str, settings: Settings) -> str:
@@ -59,7 +74,7 @@ def check_model(index: Any, collection: str, settings: Settings) -> str:
         raise CollectionNotFoundError(f"no collection or alias {collection!r} at {index.uri}: "
                                       "run `ragtune ingest` first")
     meta = index.index_meta(physical)
-    name, _ = query_encoder(settings.models.embedding)
+    name = query_embedder(settings).name
     if meta is None:
         raise RetrievalError(f"{physical} records no embedding model: it was not built by ragtune")
     if meta.embedding_model != name:
