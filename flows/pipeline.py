@@ -1,0 +1,76 @@
+"""release_pipeline: ingest -> dataset (GX gate) -> fine-tune -> evaluate -> promote, as one run.
+
+Each stage is the project's own flow, called as a subflow, so the UI shows the pipeline as a tree
+of runs with each stage's artifacts. Run locally: ``python -m flows.pipeline [--docs DIR] [--examples PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from deployments.params import ReleaseParams
+from flows.dataset import build_dataset
+from flows.finetune import finetune_model
+from flows.ingest import ingest_documents
+from flows.promote import promote_release
+from ragtune.settings import get_settings
+from tasks.curves import publish_training_curves
+from tasks.promotion import Candidate, GateConfig
+
+
+@flow(name="release-pipeline")
+def release_pipeline(params: ReleaseParams = ReleaseParams()) -> dict[str, Any]:  # noqa: B008 - a UI form default
+    """One release from documents and examples: each stage's result is logged as it lands.
+
+    Args:
+        params: what to index, what to train on, and how the candidate is gated.
+    """
+    collection = params.collection or get_settings().milvus.collection
+    stages: dict[str, Any] = {"ingest": ingest_documents(params.docs, collection=collection)}
+    _log("ingest", stages["ingest"])
+    stages["dataset"] = build_dataset(params.examples, params.mapping, collection if params.grounded else None)
+    _log("dataset", stages["dataset"])
+    stages["finetune"] = finetune_model(stages["dataset"]["version"], params.profile, params.preset, params.method,
+                                        evaluate=params.evaluate)
+    model_dir = _model_dir(stages["finetune"])
+    stages["curves"] = publish_training_curves(model_dir)
+    _log("finetune", stages["finetune"])
+    candidate = Candidate(collection=collection, checkpoint=model_dir, dataset_version=stages["dataset"]["version"],
+                          gx_success=stages["dataset"]["passed"])
+    gate = GateConfig(questions=params.gate_questions, model_dataset=stages["dataset"]["version"])
+    stages["promote"] = promote_release(candidate, gate, force=params.force)
+    _log("promote", stages["promote"])
+    return stages
+
+
+def _model_dir(finetune: dict[str, Any]) -> str:
+    return str(finetune.get("model_dir") or Path(finetune["run_dir"]) / "model")
+
+
+def _log(stage: str, result: Any) -> None:
+    get_run_logger().info("stage %s: %s", stage, json.dumps(stage_summary(stage, result), default=str))
+
+
+def stage_summary(stage: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a person reads per stage (the full result stays in the run's return value)."""
+    keys = {"ingest": ("added", "updated", "deleted", "unchanged", "quarantined", "chunks_written", "counts"),
+            "dataset": ("version", "passed", "reused", "counts", "warnings"),
+            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "world_size", "eval"),
+            "promote": ("promoted", "unchanged", "release_id", "forced")}[stage]
+    summary = {k: result[k] for k in keys if k in result}
+    if stage == "promote":
+        summary["reasons"] = result.get("decision", {}).get("reasons", [])
+    return summary
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name, field in ReleaseParams.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
+    given = {k: v for k, v in vars(parser.parse_args()).items() if v is not None}
+    print(json.dumps(release_pipeline(ReleaseParams.model_validate(given)), indent=2, default=str))

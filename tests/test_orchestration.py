@@ -1,0 +1,221 @@
+"""Orchestration against a real `prefect server` (started here): deploy, run as the UI does, events, schedules.
+
+Flow runs execute the way production runs them: a process worker (`prefect worker start
+--run-once`) picks them up and runs each in a subprocess from this checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployments import register as reg
+from deployments.events import ingest_event
+from deployments.params import ReleaseParams
+from deployments.pools import CPU_POOL, GPU_POOL
+from ragtune.settings import Settings
+from tasks import stack
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOYMENTS = {"ingest-documents", "reindex-document", "build-dataset", "finetune-model", "finetune-model-gpu",
+               "promote-release", "release-pipeline"}
+
+
+class Webhook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/ragtune-failures"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def orch(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, webhook: str) -> Iterator[Settings]:
+    """A real Prefect server on a free port; this process and the workers it starts point at it."""
+    home = tmp_path_factory.mktemp("orchestration")
+    (home / "data" / "cache").mkdir(parents=True)
+    (home / "data" / "cache" / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    port = stack.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {"RAGTUNE_DATA_DIR": str(home / "data"), "RAGTUNE_PREFECT__PORT": str(port),
+           "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MODELS__TORCH_THREADS": "1",
+           "RAGTUNE_ORCHESTRATION__FAILURE_WEBHOOK_URL": webhook}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        settings = Settings()
+        service = stack.prefect_server(settings, home=home / "stack")
+        stack.start(service)
+        try:
+            yield settings
+        finally:
+            stack.stop(service)
+
+
+@pytest.fixture(scope="module")
+def registered(orch: Settings) -> dict[str, Any]:
+    return reg.register(orch)
+
+
+def client_call(settings: Settings, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def call() -> Any:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return await getattr(client, method)(*args, **kwargs)
+
+    return reg.on_server(settings, call())
+
+
+def run_worker(settings: Settings) -> str:
+    done = subprocess.run(reg.worker_argv(CPU_POOL, limit=2, run_once=True), cwd=REPO, env=reg.prefect_env(settings),
+                          capture_output=True, text=True, timeout=300)
+    return done.stdout + done.stderr
+
+
+def deployment_runs(settings: Settings, deployment_id: str) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return client_call(settings, "read_flow_runs",
+                       deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def by_name(registered: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in registered["deployments"]}
+
+
+def test_prefect_yaml_is_the_source_of_truth() -> None:
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert names == DEPLOYMENTS
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {CPU_POOL, GPU_POOL}
+    assert all("ragtune" in d["tags"] for d in spec["deployments"])
+    chain = next(d for d in spec["deployments"] if d["name"] == "release-pipeline")["triggers"][0]
+    event = ingest_event("docs", "docs", {"added": 15, "updated": 5, "deleted": 0}, min_changed=20)
+    assert event["event"] in chain["expect"]
+    assert all(event["resource"][k] == v for k, v in chain["match"].items() if "*" not in v)
+    assert ingest_event("docs", "docs", {"added": 19}, min_changed=20)["resource"]["ragtune.release-worthy"] == "false"
+
+
+def test_register_deploys_every_deployment_with_schedules_and_triggers(registered: dict[str, Any]) -> None:
+    found = by_name(registered)
+    assert set(found) == DEPLOYMENTS
+    assert found["ingest-documents"]["schedules"] == ["0 * * * *"]
+    assert found["release-pipeline"]["schedules"] == ["0 2 * * *"]
+    assert found["reindex-document"]["triggers"] == ["reindex-on-document-event"]
+    assert found["release-pipeline"]["triggers"] == ["release-after-large-ingest"]
+    assert found["finetune-model-gpu"]["work_pool"] == GPU_POOL
+    assert registered["failure_automation"]["notifies"] == "send-notification"
+
+
+def test_every_deployment_runs_from_the_ui_without_edits(orch: Settings, registered: dict[str, Any]) -> None:
+    """Each required parameter has a default, and the pipeline's form shows a description per field."""
+    for name, info in by_name(registered).items():
+        deployment = client_call(orch, "read_deployment", info["id"])
+        required = set(deployment.parameter_openapi_schema.get("required", []))
+        assert required <= set(deployment.parameters), f"{name}: no default for {required - set(deployment.parameters)}"
+        schedules = client_call(orch, "read_deployment_schedules", deployment.id)
+        assert all(s.active for s in schedules)
+    pipeline = client_call(orch, "read_deployment", by_name(registered)["release-pipeline"]["id"])
+    form = pipeline.parameter_openapi_schema["definitions"]["ReleaseParams"]["properties"]
+    assert set(form) == set(ReleaseParams.model_fields)
+    assert all(field.get("description") and "default" in field for field in form.values())
+
+
+def test_run_a_deployment_with_parameters_as_the_ui_does(orch: Settings, registered: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    docs = tmp_path / "corpus"
+    docs.mkdir()
+    (docs / "alpha.md").write_text("# Alpha\n\nAlpha documents describe the zebra-crossing protocol.\n")
+    (docs / "beta.md").write_text("# Beta\n\nBeta documents describe the heron migration schedule.\n")
+    deployment_id = by_name(registered)["ingest-documents"]["id"]
+    params = {"source": str(docs), "collection": "orchtest"}
+    flow_run = client_call(orch, "create_flow_run_from_deployment", deployment_id, parameters=params)
+    log = run_worker(orch)
+    done = client_call(orch, "read_flow_run", flow_run.id)
+    assert done.state.is_completed(), log[-3000:]
+    assert done.parameters == params
+    artifacts = client_call(orch, "read_artifacts", flow_run_filter=_run_filter(flow_run.id))
+    report = next(a for a in artifacts if a.key == "ingest-report")
+    assert "| added | 2 |" in report.data
+
+
+def test_document_event_reindexes_exactly_that_document(orch: Settings, registered: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    doc = tmp_path / "gamma.md"
+    doc.write_text("# Gamma\n\nGamma documents describe the lighthouse keeper rota.\n")
+    uri = doc.as_uri()
+    deployment_id = by_name(registered)["reindex-document"]["id"]
+    for _ in range(3):  # a burst of saves of one document: one run (the trigger's 30 s window)
+        subprocess.run([str(reg.PREFECT), "event", "emit", "ragtune.document.changed", "--resource-id", uri],
+                       env=reg.prefect_env(orch), check=True, capture_output=True)
+    runs = _wait_for(lambda: deployment_runs(orch, deployment_id), timeout_s=30)
+    time.sleep(3)  # would a second run appear for the repeated events?
+    runs = deployment_runs(orch, deployment_id)
+    assert [r.parameters for r in runs] == [{"uri": uri}]
+    log = run_worker(orch)
+    done = client_call(orch, "read_flow_run", runs[0].id)
+    assert done.state.is_completed(), log[-3000:]
+
+
+def test_failed_run_notifies_the_configured_webhook(orch: Settings, registered: dict[str, Any]) -> None:
+    deployment_id = by_name(registered)["build-dataset"]["id"]
+    flow_run = client_call(orch, "create_flow_run_from_deployment", deployment_id,
+                           parameters={"examples": "/nonexistent/examples.jsonl"})
+    run_worker(orch)
+    assert client_call(orch, "read_flow_run", flow_run.id).state.is_failed()
+    notices = _wait_for(lambda: [m for m in Webhook.received if flow_run.name in m["subject"]], timeout_s=30)
+    assert "build-dataset" in notices[0]["subject"] and "Failed" in notices[0]["subject"]
+    assert "/nonexistent/examples.jsonl" in notices[0]["text"]
+
+
+def _run_filter(flow_run_id: Any) -> Any:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+
+
+def _wait_for(probe: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"nothing after {timeout_s} s")
+
+
+def test_pools_refuse_a_type_clash(orch: Settings, registered: dict[str, Any]) -> None:
+    from deployments.pools import ensure_work_pools
+
+    async def clash() -> None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            await ensure_work_pools(client, "kubernetes")
+
+    with pytest.raises(ValueError, match="exists with type 'process'"):
+        reg.on_server(orch, clash())
