@@ -103,6 +103,7 @@ def retrieve(settings: Settings, collection: str, question: str, k: int, mode: s
 
 def _retrieve(settings: Settings, collection: str, question: str, k: int, mode: str, index: Any) -> Retrieval:
     physical = check_model(index, collection, settings)
+    index.ensure_loaded(physical)
     note = ""
     if mode != "dense" and not index.has_bm25(physical):
         if mode == "bm25":

@@ -1,0 +1,78 @@
+"""`ragtune ask "QUESTION"` (tokens streamed to the terminal) and `ragtune serve` (the HTTP API)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from ragtune.commands._common import JsonOption, clear_errors, emit
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ask")(ask)
+    app.command("serve")(serve)
+
+
+@clear_errors
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    k: int = typer.Option(None, "--k", min=1, max=100, help="Chunks to retrieve (default: settings answer.k)."),
+    mode: str = typer.Option(None, "--mode", help="dense | bm25 | hybrid (default: settings answer.mode)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Longest answer in tokens."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Answer a question from the indexed documents, citing them; tokens appear as they are generated."""
+    from ragtune.settings import get_settings
+    from tasks.answering import ask as start
+
+    stream = start(get_settings(), question, k, mode, max_new_tokens)
+    out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the one JSON line
+    for piece in stream:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    assert stream.answer is not None
+    emit(stream.answer.to_dict(), as_json, _sources)
+
+
+def _sources(answer: dict[str, Any]) -> str:
+    cited = {c["n"]: c["how"] for c in answer["citations"]}
+    lines = ["", "Sources:"]
+    for s in answer["sources"]:
+        mark = f"  <- cited ({cited[s['n']]})" if s["n"] in cited else ""
+        where = " / ".join(str(p) for p in (s["section"], f"p. {s['page']}" if s["page"] else "") if p)
+        lines.append(f"  [{s['n']}] {s['uri']}{' — ' + where if where else ''}  score {s['score']:.3f}{mark}")
+    t = answer["timings"]
+    lines.append(f"\n{answer['collection']} · {answer['mode']} · {answer['model']} · release "
+                 f"{answer['release_id'] or 'none'} · embed {t['embed_s'] * 1000:.0f} ms · search "
+                 f"{t['search_s'] * 1000:.0f} ms · first token {t['first_token_s']:.2f} s · "
+                 f"generate {t['generate_s']:.2f} s ({answer['new_tokens']} tokens)")
+    if answer["note"]:
+        lines.append(f"note: {answer['note']}")
+    return "\n".join(lines)
+
+
+@clear_errors
+def serve(
+    host: str = typer.Option(None, "--host", help="Bind address (default: settings answer.host)."),
+    port: int = typer.Option(None, "--port", help="Port (default: settings answer.port)."),
+) -> None:
+    """Serve the HTTP API: POST /ask, GET /healthz, OpenAPI docs at /docs."""
+    import uvicorn
+
+    from ragtune.api import create_app
+    from ragtune.settings import get_settings
+    from tasks.generation import load_generator
+    from tasks.retrieval import query_embedder
+    from tasks.serving import resolve_serving
+
+    settings = get_settings()
+    serving = resolve_serving(settings)
+    load_generator(str(serving.model_path), serving.model_name)  # load before the first request, not during it
+    query_embedder(settings)
+    token = settings.answer.api_token.get_secret_value()
+    auth = "bearer token required" if token else "no auth (set RAGTUNE_ANSWER__API_TOKEN)"
+    typer.echo(f"serving {serving.collection} with {serving.model_name}; {auth}")
+    uvicorn.run(create_app(settings), host=host or settings.answer.host, port=port or settings.answer.port)
