@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ragtune.settings import Settings
 from tasks.beir import (
     doc_id_of,
     evaluate_run,
@@ -93,3 +95,73 @@ def test_page_mapping_and_hit_at_k(tmp_path: Path) -> None:
     bad.write_text('{"question": "x"}\n')
     with pytest.raises(ValueError, match="q.jsonl:1"):
         load_questions(bad)
+
+
+# --- the evaluation flows, end to end: ingestion flow + Milvus Lite + the real encoder -------------------
+
+TOPICS = {
+    "c1": ("Photosynthesis in plants", "Chlorophyll absorbs sunlight to turn carbon dioxide and water into glucose."),
+    "c2": ("Volcanic eruptions", "Magma rises through the crust and erupts as lava and ash."),
+    "c3": ("Honey bee navigation", "Bees perform a waggle dance to tell the hive where flowers are."),
+    "c4": ("Antibiotic resistance", "Bacteria that survive antibiotics pass resistance genes to their offspring."),
+    "c5": ("Ocean tides", "The gravitational pull of the moon causes the tides of the oceans."),
+}
+QUESTIONS = {"q1": "how do plants turn sunlight into sugar", "q2": "why does the moon cause tides",
+             "q3": "how do bees communicate where flowers are"}
+
+
+@pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """get_settings() (what flows and the CLI read) -> this test's data dir, one torch thread."""
+    from ragtune.settings import get_settings
+
+    monkeypatch.setenv("RAGTUNE_MODELS__TORCH_THREADS", "1")
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+def run_cli(*args: str) -> dict:
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.flow
+def test_eval_beir_gives_the_hand_computed_values(tmp_path: Path, env: Settings, prefect_harness: None) -> None:
+    root = tmp_path / "tinybeir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                               for i, (t, x) in TOPICS.items()))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in QUESTIONS.items()))
+    # q1: its document ranks first -> 1 on every metric. q2: two judged, one absent from the corpus ->
+    # nDCG@10 = 1 / (1 + 1/log2(3)) = 0.613147, Recall@10 = Recall@100 = 0.5, MRR@10 = 1. q3: judged
+    # document absent -> 0 everywhere. Means: nDCG@10 0.537716, Recall 0.5, MRR@10 0.666667.
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\t1\nq2\tc5\t1\n"
+                                             "q2\tmissing\t1\nq3\tnot-in-corpus\t1\n")
+    result = run_cli("eval", "beir", str(root), "--mode", "dense", "--json")
+    assert {k: result[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")} == {
+        "ndcg@10": pytest.approx(0.537716, abs=1e-5), "recall@10": 0.5, "recall@100": 0.5,
+        "mrr@10": pytest.approx(0.666667, abs=1e-5)}
+    assert result["queries"] == 3 and result["chunks_written"] == 5
+
+
+@pytest.mark.flow
+def test_eval_pages_reports_hit_at_k(tmp_path: Path, env: Settings, prefect_harness: None) -> None:
+    docs = tmp_path / "docs"
+    for doc_id, (title, text) in TOPICS.items():
+        (docs / "science").mkdir(parents=True, exist_ok=True)
+        (docs / "science" / f"{doc_id}.md").write_text(f"# {title}\n\n{text}\n")
+    base = "https://docs.example.org/en/master/science"
+    rows = [{"question": QUESTIONS["q1"], "source": f"{base}/c1.html#x"},
+            {"question": QUESTIONS["q2"], "source": f"{base}/c5.html"},
+            {"question": QUESTIONS["q3"], "source": f"{base}/api/generated.html"}]  # no such page: a miss
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_cli("eval", "pages", str(questions), "--docs", str(docs), "--k", "2", "--mode", "hybrid", "--json")
+    assert result["hit@k"] == result["hit@2"] == pytest.approx(2 / 3, abs=1e-4)
+    assert result["hit@1"] == pytest.approx(2 / 3, abs=1e-4) and result["questions"] == 3
