@@ -99,3 +99,25 @@ def test_bad_questions_fail_clearly(kb: Settings, question: str, mode: Any, erro
 def test_an_unknown_collection_fails_clearly(settings: Settings) -> None:
     with pytest.raises(RetrievalError, match="no collection or alias 'nope'"):
         retrieve(settings, "nope", "q", 3, "dense")
+
+
+@pytest.mark.flow
+def test_answer_cites_a_document_ingested_by_the_flow(settings: Settings, tmp_path: Any, prefect_harness: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.ingest import ingest_documents
+    from ragtune.settings import get_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "zorblax.md").write_text("# Zorblax 3000 manual\n\n## Battery\n\nThe Zorblax 3000 vacuum cleaner has a "
+                                     "battery life of 90 minutes and charges in 4 hours.\n")
+    (docs / "office.md").write_text("# Office\n\nOur office is open Monday to Friday from 9am to 5pm.\n")
+    monkeypatch.setenv("RAGTUNE_MODELS__TORCH_THREADS", "1")
+    get_settings.cache_clear()
+    try:
+        ingest_documents(str(docs), "docs")
+        answer = ask(get_settings(), "How long does the Zorblax 3000 battery last?", k=2, max_new_tokens=20).complete()
+    finally:
+        get_settings.cache_clear()
+    assert "90" in answer.text
+    assert answer.citations[0].uri.endswith("zorblax.md") and answer.citations[0].section.endswith("Battery")
