@@ -1,0 +1,125 @@
+"""`ragtune promote`, `ragtune releases`, `ragtune rollback`, `ragtune prune`, `ragtune index restore`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
+
+REFUSED_EXIT = 3  # the gate refused the candidate: not an error, but scripts must be able to tell
+
+
+def register(app: typer.Typer) -> None:
+    app.command("promote")(promote)
+    app.command("releases")(releases)
+    app.command("rollback")(rollback)
+    app.command("prune")(prune)
+    subgroup(app, "index", "The document index: verify, restore from a release.").command("restore")(restore)
+
+
+@clear_errors
+def promote(
+    collection: str = typer.Option(None, help="Candidate collection generation (docs__g2); empty keeps production's."),
+    checkpoint: str = typer.Option(None, help="Candidate checkpoint directory; empty keeps production's model."),
+    alias: str = typer.Option("", help="Serving alias; empty = the configured collection."),
+    questions: str = typer.Option(None, help="Page-eval JSONL (question, source) for the retrieval gate."),
+    docs_root: str = typer.Option("", help="Folder the questions' pages are relative to."),
+    k: int = typer.Option(5, help="Top-k for retrieval hit@k."),
+    mode: str = typer.Option(None, help="Retrieval mode for the gate: dense, bm25 or hybrid."),
+    model_dataset: str = typer.Option(None, help="Dataset version whose eval split gates the model."),
+    dataset_version: str = typer.Option(None, help="Dataset version the checkpoint was trained on."),
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (recorded in the manifest)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Gate a candidate against production; publish it to S3 and switch serving if it passes."""
+    from flows.promote import promote_release
+    from ragtune.settings import get_settings
+    from tasks.promotion import Candidate, GateConfig
+
+    if not collection and not checkpoint:
+        raise UserError("give --collection and/or --checkpoint: nothing to promote")
+    result = promote_release(Candidate(collection=collection, checkpoint=checkpoint, alias=alias,
+                                       dataset_version=dataset_version),
+                             GateConfig(questions=questions, docs_root=docs_root, k=k, mode=mode,
+                                        model_dataset=model_dataset), force, get_settings())
+    emit(result, as_json, _promoted)
+    if not result["promoted"] and not result.get("unchanged"):
+        raise typer.Exit(REFUSED_EXIT)
+
+
+def _promoted(result: dict[str, Any]) -> str:
+    decision = result["decision"]
+    head = (f"promoted release {result['release_id']}" + (" (FORCED)" if result.get("forced") else "")
+            if result["promoted"] else
+            f"release {result['release_id']} is already production (alias checked)" if result.get("unchanged") else
+            "REFUSED: production unchanged")
+    return "\n".join([head, *(f"  {r}" for r in decision["reasons"])])
+
+
+@clear_errors
+def releases(all_: bool = typer.Option(False, "--all", help="Also list half-written (never served) releases."),
+             as_json: bool = JsonOption) -> None:
+    """List releases: id, created, metrics, production marker."""
+    from ragtune.settings import get_settings
+    from tasks.promotion import store_for
+    from tasks.release import list_releases
+
+    rows = [{"release_id": i.manifest.release_id, "created": i.manifest.created.isoformat(timespec="seconds"),
+             "production": i.production, "served": i.served, "parent": i.manifest.parent,
+             "collection": i.manifest.index.generation if i.manifest.index else None,
+             "checkpoint": i.manifest.model.checkpoint_id if i.manifest.model else None,
+             "forced": i.manifest.forced, "metrics": i.manifest.gate.candidate}
+            for i in list_releases(store_for(get_settings()), include_unserved=all_)]
+    emit({"releases": rows}, as_json, _table)
+
+
+def _table(result: dict[str, Any]) -> str:
+    if not result["releases"]:
+        return "no releases yet: `ragtune promote` publishes the first one"
+    lines = []
+    for r in result["releases"]:
+        mark = "*" if r["production"] else (" " if r["served"] else "?")
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in sorted(r["metrics"].items()))
+        lines.append(f"{mark} {r['release_id']}  {r['created']}  {r['collection'] or '-'}  "
+                     f"{r['checkpoint'] or 'base model'}  {metrics}{'  FORCED' if r['forced'] else ''}")
+    return "\n".join([*lines, "(* production, ? never served)"])
+
+
+@clear_errors
+def rollback(release: str = typer.Argument(None, help="Release to serve; default: production's parent."),
+             as_json: bool = JsonOption) -> None:
+    """Point production and the alias back (no upload); naming production itself repairs its alias."""
+    from ragtune.settings import get_settings
+    from tasks.promotion import rollback_production
+
+    emit(rollback_production(get_settings(), release), as_json,
+         lambda r: f"production is release {r['release_id']} (was {r['previous']})")
+
+
+@clear_errors
+def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be deleted."),
+          as_json: bool = JsonOption) -> None:
+    """Retention: keep the last N releases (and production's parent); delete what nothing kept uses."""
+    from ragtune.settings import get_settings
+    from tasks.promotion import prune as run_prune
+
+    emit(run_prune(get_settings(), dry_run), as_json)
+
+
+@clear_errors
+def restore(release: str = typer.Argument(..., help="Release id, or 'production'."),
+            uri: str = typer.Option(..., "--uri", help="Target Milvus: a Lite file path or http://host:19530."),
+            name: str = typer.Option(None, help="Collection name; default: the release's generation name."),
+            serve: bool = typer.Option(False, "--serve", help="Point the alias at it (always when none exists)."),
+            as_json: bool = JsonOption) -> None:
+    """Rebuild a release's index from S3 alone (every file verified) into any Milvus."""
+    from ragtune.settings import get_settings
+    from tasks.promotion import restore_release
+
+    settings = get_settings()
+    settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
+    emit(restore_release(settings, release, name, serve), as_json,
+         lambda r: f"restored {r['rows']} rows of release {r['release_id']} into {r['collection']} at {uri}"
+                   + (f" (alias {r['alias']})" if r["alias"] else ""))

@@ -1,0 +1,165 @@
+"""promote_release end to end on SeaweedFS + Milvus Lite with the real embedder and SmolLM2:
+first release, a better candidate promoted and served, a worse one refused with reasons, --force
+recorded, rollback restores the previous answers, a re-run changes nothing, restore from S3 alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.promote import promote_release
+from ragtune.settings import Settings
+from tasks import promotion
+from tasks.milvus import IndexClient
+from tasks.release import list_releases, read_pointer
+from tasks.release_cache import forget
+from tasks.s3 import S3Store
+from tasks.serving import resolve_serving
+from tasks.types import Chunk, IndexMeta
+
+pytestmark = pytest.mark.flow
+
+PAGES = {
+    "cooling": "The Alpha reactor is cooled by liquid cobalt pumped through ceramic channels.",
+    "billing": "Invoices are issued on the first Monday of each month and are payable within 30 days.",
+    "garden": "Tomatoes need six hours of direct sun and deep watering twice a week.",
+    "rockets": "The Kestrel rocket burns methane and liquid oxygen in a full-flow staged engine.",
+    "violin": "A violin bow is strung with horsehair that is rubbed with rosin before playing.",
+    "bread": "Sourdough bread rises with a wild yeast starter fed with flour and water daily.",
+}
+QUESTIONS = {
+    "cooling": "How is the Alpha reactor cooled?",
+    "billing": "When are invoices issued and when are they due?",
+    "garden": "How much sun do tomatoes need?",
+    "rockets": "What fuel does the Kestrel rocket burn?",
+    "violin": "What is a violin bow strung with?",
+    "bread": "What makes sourdough bread rise?",
+}
+
+
+@pytest.fixture
+def env(s3_settings: Settings, prefect_harness: None, tmp_path: Path) -> Settings:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q, "source": f"{p}.md"}) + "\n" for p, q in QUESTIONS.items()))
+    answer = s3_settings.answer.model_copy(update={"mode": "dense", "k": 2, "max_new_tokens": 12,
+                                                   "prompt_tokens": 256})
+    models = s3_settings.models.model_copy(update={"torch_threads": 1})
+    milvus = s3_settings.milvus.model_copy(update={"uri": str(tmp_path / "milvus.db")})
+    return s3_settings.model_copy(update={"answer": answer, "models": models, "milvus": milvus})
+
+
+def build_generation(settings: Settings, pages: dict[str, str]) -> str:
+    """A new generation of alias ``docs`` holding ``pages`` (file name -> text), embedded for real."""
+    from tasks.retrieval import encode_queries, query_encoder
+
+    name, model = query_encoder(settings.models.embedding)
+    with IndexClient(settings.milvus_uri) as index:
+        meta = IndexMeta(name, model.get_embedding_dimension(), {"test": True})
+        gen = index.create_generation("docs", meta)
+        chunks = [Chunk(doc_id=f"{page}-{i}", chunk_index=0, text=text, uri=f"file:///docs/{page}.md",
+                        path=f"{page}.md", title=page) for i, (page, text) in enumerate(pages.items())]
+        index.upsert_chunks(gen, chunks, encode_queries(settings, [c.text for c in chunks]))
+        index.flush(gen)
+        if index.describe_alias("docs") is None:
+            index.set_alias("docs", gen)
+    return gen
+
+
+def gate(settings: Settings, tmp_path: Path) -> promotion.GateConfig:
+    return promotion.GateConfig(questions=str(tmp_path / "questions.jsonl"), k=2, mode="dense")
+
+
+def ask(settings: Settings, question: str) -> dict:
+    from tasks.answering import ask as run_ask
+
+    forget()
+    answer = run_ask(settings, question).complete()
+    return {"text": answer.text, "sources": [s["uri"] for s in answer.sources], "release": answer.release_id,
+            "model": answer.model, "collection": answer.collection}
+
+
+def test_promote_serve_refuse_force_rollback(env: Settings, tmp_path: Path, model_cache: Path) -> None:
+    from tasks.models import generator_source
+
+    checkpoint = generator_source(env.cache_dir).path  # the real SmolLM2, as a "fine-tuned" checkpoint
+    half = dict(list(PAGES.items())[:3])
+    g1 = build_generation(env, half)
+    first = promote_release(promotion.Candidate(collection=g1, checkpoint=str(checkpoint)),
+                            gate(env, tmp_path), settings=env)
+    assert first["promoted"] and "first release" in first["decision"]["reasons"][0]
+    before = ask(env, QUESTIONS["rockets"])
+    assert before["release"] == first["release_id"] and before["collection"] == g1
+    assert before["model"].startswith("checkpoint:sha256-")
+    assert resolve_serving(env).model_path != checkpoint  # a verified copy from S3, not the local directory
+
+    g2 = build_generation(env, PAGES)  # every page: a better index
+    better = promote_release(promotion.Candidate(collection=g2), gate(env, tmp_path), settings=env)
+    assert better["promoted"], better["decision"]["reasons"]
+    decision = better["decision"]
+    assert decision["candidate"]["retrieval.hit@k"] > decision["production"]["retrieval.hit@k"]
+    served = ask(env, QUESTIONS["rockets"])
+    assert served["release"] == better["release_id"] and served["collection"] == g2
+    assert served["sources"][0] == "file:///docs/rockets.md" and before["sources"][0] != served["sources"][0]
+    with IndexClient(env.milvus_uri) as index:
+        assert index.describe_alias("docs") == g2
+
+    scrambled = dict(zip(PAGES, list(PAGES.values())[1:] + list(PAGES.values())[:1], strict=True))
+    g3 = build_generation(env, scrambled)  # texts under the wrong pages: a worse index
+    refused = promote_release(promotion.Candidate(collection=g3), gate(env, tmp_path), settings=env)
+    assert not refused["promoted"] and refused["release_id"] is None
+    assert any(r.startswith("REGRESSED: retrieval.hit@k") for r in refused["decision"]["reasons"])
+    store = S3Store(env)
+    assert read_pointer(store).release_id == better["release_id"]  # type: ignore[union-attr]
+    assert len(list_releases(store, include_unserved=True)) == 2  # a refusal writes nothing
+    assert ask(env, QUESTIONS["rockets"]) == served
+
+    forced = promote_release(promotion.Candidate(collection=g3), gate(env, tmp_path), force=True, settings=env)
+    assert forced["promoted"] and forced["forced"]
+    releases = list_releases(store)
+    assert releases[-1].manifest.forced and releases[-1].manifest.parent == better["release_id"]
+
+    rolled = promotion.rollback_production(env)
+    assert rolled["release_id"] == better["release_id"]
+    assert ask(env, QUESTIONS["rockets"]) == served  # the previous answers, word for word
+    with IndexClient(env.milvus_uri) as index:
+        assert index.describe_alias("docs") == g2
+
+    again = promote_release(promotion.Candidate(collection=g2), gate(env, tmp_path), settings=env)
+    assert again["unchanged"] and again["release_id"] == better["release_id"]  # idempotent re-run
+    assert len(list_releases(store, include_unserved=True)) == 3
+
+
+def test_restore_from_s3_into_fresh_milvus_reproduces_search(env: Settings, tmp_path: Path) -> None:
+    from tasks.retrieval import retrieve
+
+    g1 = build_generation(env, PAGES)
+    tiny = tmp_path / "ckpt"
+    tiny.mkdir()
+    (tiny / "config.json").write_text("{}")
+    result = promote_release(promotion.Candidate(collection=g1, checkpoint=str(tiny)), gate(env, tmp_path),
+                             settings=env)
+    fresh = env.model_copy(update={"milvus": env.milvus.model_copy(update={"uri": str(tmp_path / "fresh.db")})})
+    restored = promotion.restore_release(fresh, result["release_id"])
+    assert restored == {"release_id": result["release_id"], "collection": g1, "rows": 6, "alias": "docs"}
+    for question in QUESTIONS.values():
+        # Hybrid is RRF over these two rankings; Milvus orders exactly equal scores arbitrarily (insertion
+        # order), so a restored index can fuse two tied BM25 hits the other way round.
+        for mode in ("dense", "bm25"):
+            n = len(PAGES)  # all of them: a cut through equal scores would be arbitrary too
+            a, b = retrieve(env, "docs", question, n, mode), retrieve(fresh, "docs", question, n, mode)
+            assert _ranked(a.hits) == _ranked(b.hits), (question, mode)
+            assert {h.id: (h.text, h.metadata) for h in a.hits} == {h.id: (h.text, h.metadata) for h in b.hits}
+
+
+def _ranked(hits: list) -> list[tuple[float, frozenset[str]]]:
+    """Scores in rank order, with the ids of equal scores as a set (RRF ties have no defined order)."""
+    groups: list[tuple[float, frozenset[str]]] = []
+    for h in hits:
+        score = round(h.score, 5)
+        if groups and groups[-1][0] == score:
+            groups[-1] = (score, groups[-1][1] | {h.id})
+        else:
+            groups.append((score, frozenset({h.id})))
+    return groups
