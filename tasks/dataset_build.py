@@ -71,8 +71,8 @@ def _add_grounded(settings: Settings, tokenizer: Any, rows: list[ds.DatasetRow],
     curated = [r for r in rows if r.question and r.response and r.group]
     retrieved, served_by = grounding.retrieve_passages(settings, collection, curated, cfg.grounded_k)
     grounded = grounding.grounded_rows(tokenizer, curated, retrieved, settings)
-    abstain = grounding.abstain_rows(tokenizer, curated, retrieved, round(cfg.abstain_share * len(grounded)),
-                                     settings, seed)
+    counts = grounding.abstain_counts(grounded, cfg.abstain_share)
+    abstain = grounding.abstain_rows(tokenizer, curated, retrieved, counts, settings, seed)
     rows.extend(grounded + abstain)
     return {"collection": collection, "served_by": served_by, "k": cfg.grounded_k, "mode": settings.answer.mode,
             "questions": len(curated), "grounded": len(grounded), "abstain": len(abstain),

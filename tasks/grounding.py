@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,18 +82,17 @@ def grounded_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict
     return rows
 
 
-def abstain_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict[str, list[Hit]], count: int,
-                 settings: Settings, seed: int) -> list[DatasetRow]:
-    """Up to ``count`` questions paired with another group's context (same split) that lacks their answer."""
+def abstain_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict[str, list[Hit]],
+                 counts: dict[str, int], settings: Settings, seed: int) -> list[DatasetRow]:
+    """Per split, up to ``counts[split]`` questions paired with another group's context lacking their answer."""
     cfg, rows = settings.dataset, []
     specials = list(tokenizer.all_special_tokens)
     rng = random.Random(seed)
     candidates = sorted((r for r in curated if retrieved.get(r.id)), key=lambda r: _order(seed, r.id))
+    made = dict.fromkeys(counts, 0)
     for row in candidates:
-        if len(rows) >= count:
-            break
         donors = [d for d in candidates if d.group != row.group and d.split == row.split]
-        if not donors:
+        if made.get(row.split, 0) >= counts.get(row.split, 0) or not donors:
             continue
         passages = retrieved[rng.choice(donors).id]
         if max(support(row.response or "", p.text) for p in passages) >= cfg.support_threshold:
@@ -101,7 +101,14 @@ def abstain_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict[
         messages = context_messages(row.question or "", passages, ABSTAIN_ANSWER, specials)
         rows.append(DatasetRow(f"{row.id}:abstain", row.question, ABSTAIN_ANSWER, row.group, row.label, "abstain",
                                row.split, messages))
+        made[row.split] += 1
     return rows
+
+
+def abstain_counts(grounded: Sequence[DatasetRow], share: float) -> dict[str, int]:
+    """Abstention rows per split: ``share`` of its grounded rows, at least one so eval can measure abstention."""
+    per_split = Counter(r.split for r in grounded)
+    return {split: max(1, round(share * n)) for split, n in per_split.items()} if share > 0 else {}
 
 
 def _order(seed: int, key: str) -> str:

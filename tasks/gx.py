@@ -18,9 +18,16 @@ from typing import Any
 from ragtune.settings import DatasetSettings
 
 EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-# a separated number ending in 4 digits: "555-123-4567", "(555) 123 4567", "+44 20 7946 0958"; not "10 000 000"
-PHONE = r"(?<![\w.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{4}(?!\d)"
+# a separated number ending in 4 digits: "555-123-4567", "(555) 123 4567", "+44 20 7946 0958"; not "10 000 000",
+# and not three groups out of a longer run such as a spaced card or order number
+PHONE = (r"(?<![\w.])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{4}"
+         r"(?![ .-]?\d)")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+# issuer prefixes and lengths (Visa, Mastercard, Amex, Diners, Discover, JCB, UnionPay): with Luhn, an order id
+# such as Bitext's 113542617735902 (Luhn-valid by chance) is not taken for a card
+_CARD_ISSUER = re.compile(r"4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)\d{12}"
+                          r"|3[47]\d{13}|3(?:0[0-5]|[68]\d)\d{11,13}|6(?:011|5\d\d|4[4-9]\d)\d{12,15}"
+                          r"|35(?:2[89]|[3-8]\d)\d{12,15}|62\d{14,17}")
 REQUIRED = ("id", "question", "response", "group", "split")
 
 
@@ -92,10 +99,10 @@ class GateReport:
 
 
 def card_number(text: str | None) -> str | None:
-    """The first 13-19 digit number in ``text`` that passes the Luhn check (so ids and dates rarely do)."""
+    """The first number in ``text`` shaped like a card of a known issuer that passes the Luhn check."""
     for match in _CARD.finditer(text or ""):
         digits = re.sub(r"\D", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        if _CARD_ISSUER.fullmatch(digits) and luhn_valid(digits):
             return match.group()
     return None
 
