@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
@@ -27,6 +28,19 @@ from tasks.types import METADATA_FIELDS, Chunk, DocRecord, Hit, IndexMeta
 META_PROPERTY = "ragtune.meta"
 RECORD_SUFFIX = "__record"
 log = logging.getLogger(__name__)
+
+
+class _LiteNoise(logging.Filter):
+    """Milvus Lite lacks two RPCs pymilvus tries first (AllocTimestamp, iterator mvccTs) and falls back
+    correctly; the tracebacks it logs on the way are noise, not failures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "mvccTs" not in msg and "Method not implemented" not in msg
+
+
+for _name in ("pymilvus.client.iterator.query_iterator", "grpc._server"):
+    logging.getLogger(_name).addFilter(_LiteNoise())
 TEXT_MAX = 65535
 _FIELDS = ("id", "doc_id", "text", *METADATA_FIELDS)
 _RECORD_FIELDS = tuple(DocRecord.__dataclass_fields__)
@@ -61,11 +75,16 @@ class IndexClient:
 
     def __init__(self, uri: str, token: str = "", timeout: float = 60.0):
         self.uri = uri
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._c = MilvusClient(uri=uri, token=token, timeout=timeout)
         except MilvusException as exc:
-            raise MilvusIndexError(f"cannot open Milvus at {uri}: {exc.message}") from None
+            hint = "" if "://" in uri else (" (a Milvus Lite file opens in one process at a time: stop the other "
+                                             "process, or point RAGTUNE_MILVUS__URI at a Milvus server)")
+            raise MilvusIndexError(f"cannot open Milvus at {uri}: {exc.message}{hint}") from None
         self._schemas: dict[str, dict[str, Any]] = {}
+        self._loaded: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IndexClient:
@@ -175,10 +194,12 @@ class IndexClient:
             if self._c.has_collection(name):
                 self._c.drop_collection(name)
             self._schemas.pop(name, None)
+            self._loaded.discard(name)
 
     # --- writes -----------------------------------------------------------------------------------
     def upsert_chunks(self, collection: str, chunks: Sequence[Chunk], vectors: Any) -> int:
         """Write chunks (with their vectors) and drop the same documents' chunks beyond the new count."""
+        collection = self._use(collection)
         vecs = vectors.tolist() if hasattr(vectors, "tolist") else [list(v) for v in vectors]
         rows = [{"id": c.id, "doc_id": c.doc_id, "vector": v, "text": _clip(c.text), **_meta_row(c)}
                 for c, v in zip(chunks, vecs, strict=True)]
@@ -192,6 +213,7 @@ class IndexClient:
         return len(rows)
 
     def delete_documents(self, collection: str, doc_ids: Iterable[str]) -> None:
+        collection = self._use(collection)
         ids = list(doc_ids)
         for start in range(0, len(ids), 200):
             self._c.delete(collection, filter=f"doc_id in {_list(ids[start:start + 200])}")
@@ -202,6 +224,7 @@ class IndexClient:
 
     def insert_rows(self, collection: str, rows: Sequence[dict[str, Any]]) -> int:
         """Bulk insert rows as ``iter_rows`` yields them (snapshot restore); ``sparse`` is recomputed."""
+        collection = self._use(collection)
         for start in range(0, len(rows), 1000):
             batch = [{k: v for k, v in r.items() if k != "sparse"} for r in rows[start:start + 1000]]
             self._c.upsert(collection, batch)
@@ -209,12 +232,14 @@ class IndexClient:
 
     # --- reads ------------------------------------------------------------------------------------
     def count(self, collection: str, doc_id: str | None = None) -> int:
+        collection = self._use(collection)
         flt = f'doc_id == "{doc_id}"' if doc_id else ""
         return int(self._c.query(collection, filter=flt, output_fields=["count(*)"])[0]["count(*)"])
 
     def iter_rows(self, collection: str, batch_size: int = 1000, fields: Sequence[str] | None = None,
                   filter: str = "") -> Iterator[list[dict[str, Any]]]:
         """All rows (id, doc_id, vector, text, metadata) in batches: snapshot export, verification."""
+        collection = self._use(collection)
         out = list(fields) if fields else ["vector", *_FIELDS]
         it = self._c.query_iterator(collection, batch_size=batch_size, filter=filter, output_fields=out)
         try:
@@ -246,12 +271,14 @@ class IndexClient:
         return self.search_dense_many(collection, [vector], k, filter)[0]
 
     def search_dense_many(self, collection: str, vectors: Any, k: int = 5, filter: str = "") -> list[list[Hit]]:
+        collection = self._use(collection)
         vecs = vectors.tolist() if hasattr(vectors, "tolist") else [list(v) for v in vectors]
         res = self._c.search(collection, vecs, anns_field="vector", limit=k, filter=filter,
                              output_fields=list(_FIELDS), search_params={"metric_type": "COSINE"})
         return [[_hit(h) for h in hits] for hits in res]
 
     def search_bm25(self, collection: str, text: str, k: int = 5, filter: str = "") -> list[Hit]:
+        collection = self._use(collection)
         self._require_bm25(collection)
         res = self._c.search(collection, [text], anns_field="sparse", limit=k, filter=filter,
                              output_fields=list(_FIELDS), search_params={"metric_type": "BM25"})
@@ -261,6 +288,7 @@ class IndexClient:
     def search_hybrid(self, collection: str, text: str, vector: Sequence[float], k: int = 5,
                       candidates: int = 50, rrf_k: int = 60, filter: str = "") -> list[Hit]:
         """Dense + BM25 fused with reciprocal-rank fusion; dense only, with a warning, without BM25."""
+        collection = self._use(collection)
         if not self.has_bm25(collection):
             log.warning("%s has no BM25 field (Milvus server < 2.5): hybrid search degrades to dense", collection)
             return self.search_dense(collection, vector, k, filter)
@@ -272,7 +300,7 @@ class IndexClient:
 
     # --- the record -------------------------------------------------------------------------------
     def read_records(self, collection: str, source: str | None = None) -> dict[str, DocRecord]:
-        name = record_name(self.resolve(collection) or collection)
+        name = record_name(self._use(collection))
         flt = f"source == {_quote(source)}" if source is not None else ""
         it = self._c.query_iterator(name, batch_size=2000, filter=flt, output_fields=list(_RECORD_FIELDS))
         out: dict[str, DocRecord] = {}
@@ -286,12 +314,12 @@ class IndexClient:
     def get_records(self, collection: str, doc_ids: Sequence[str]) -> dict[str, DocRecord]:
         if not doc_ids:
             return {}
-        name = record_name(self.resolve(collection) or collection)
+        name = record_name(self._use(collection))
         rows = self._c.query(name, filter=f"doc_id in {_list(list(doc_ids))}", output_fields=list(_RECORD_FIELDS))
         return {r["doc_id"]: DocRecord(**{k: r[k] for k in _RECORD_FIELDS}) for r in rows}
 
     def write_records(self, collection: str, records: Sequence[DocRecord]) -> None:
-        name = record_name(self.resolve(collection) or collection)
+        name = record_name(self._use(collection))
         now = time.time()
         rows = [{**{k: getattr(r, k) for k in _RECORD_FIELDS}, "updated_at": r.updated_at or now,
                  "reason": r.reason[:4000], "unused": [0.0, 0.0]} for r in records]
@@ -299,13 +327,13 @@ class IndexClient:
             self._c.upsert(name, rows[start:start + 1000])
 
     def delete_records(self, collection: str, doc_ids: Sequence[str]) -> None:
-        name = record_name(self.resolve(collection) or collection)
+        name = record_name(self._use(collection))
         for start in range(0, len(doc_ids), 200):
             self._c.delete(name, filter=f"doc_id in {_list(list(doc_ids[start:start + 200]))}")
         self._c.flush(name)
 
     def flush_records(self, collection: str) -> None:
-        self._c.flush(record_name(self.resolve(collection) or collection))
+        self._c.flush(record_name(self._use(collection)))
 
     # --- internals --------------------------------------------------------------------------------
     def _describe(self, collection: str) -> dict[str, Any]:
@@ -315,6 +343,18 @@ class IndexClient:
         if physical not in self._schemas:
             self._schemas[physical] = self._c.describe_collection(physical)
         return self._schemas[physical]
+
+    def _use(self, name: str) -> str:
+        """The physical collection behind ``name``, loaded (a reopened Milvus Lite file starts released)."""
+        physical = self.resolve(name)
+        if physical is None:
+            raise MilvusIndexError(f"no collection or alias {name!r} at {self.uri}: run `ragtune ingest` first")
+        if physical not in self._loaded:
+            for target in (physical, record_name(physical)):
+                if self._c.has_collection(target) and "Loaded" not in str(self._c.get_load_state(target)["state"]):
+                    self._c.load_collection(target)
+                self._loaded.add(target)
+        return physical
 
     def _require_bm25(self, collection: str) -> None:
         if not self.has_bm25(collection):

@@ -1,0 +1,91 @@
+"""`ragtune ingest SOURCE`, `ragtune index verify`, `ragtune watch SOURCE`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
+
+CollectionOption = typer.Option("", "--collection", help="Serving alias; empty = settings.milvus.collection.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest)
+    app.command("watch")(watch)
+    subgroup(app, "index", "The document index: verify, restore from a release.").command("verify")(verify)
+
+
+@clear_errors
+def ingest(
+    source: str = typer.Argument(..., help="A folder, file:///dir or s3://bucket/prefix."),
+    collection: str = CollectionOption,
+    force: bool = typer.Option(False, "--force", help="Allow deleting more than the guard share of the index."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write a new generation (served after promotion)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Bring the index in step with SOURCE: index added/changed documents, delete removed ones."""
+    from flows.ingest import ingest_documents
+    from tasks.indexing import DeletionGuardError
+    from tasks.milvus import MilvusIndexError
+
+    try:
+        report = ingest_documents(source, collection, force, rebuild)
+    except (DeletionGuardError, MilvusIndexError) as exc:
+        raise UserError(str(exc)) from None
+    emit(report, as_json, _summary)
+
+
+@clear_errors
+def verify(
+    collection: str = CollectionOption,
+    repair: bool = typer.Option(True, "--repair/--check-only", help="Delete orphans, mark mismatches pending."),
+    sample: int = typer.Option(200, help="Documents whose chunk ids are checked one by one."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check the index's record against the chunks in Milvus (counts per document, sampled ids)."""
+    from ragtune.settings import get_settings
+    from tasks.milvus import IndexClient, MilvusIndexError
+    from tasks.verification import verify_index
+
+    settings = get_settings()
+    try:
+        with IndexClient.from_settings(settings) as index:
+            result = verify_index(index, collection or settings.milvus.collection, repair, sample)
+    except MilvusIndexError as exc:
+        raise UserError(str(exc)) from None
+    emit(result, as_json, lambda r: (f"{r['collection']}: {r['documents']} documents, {r['chunks']} chunks, "
+                                     f"{r['orphan_documents']} orphan documents, "
+                                     f"{len(r['mismatched_documents'])} mismatched"
+                                     + (" (repaired: run `ragtune ingest` to re-index)" if r["repaired"] else "")
+                                     + ("" if r["ok"] else "" if r["repaired"] else " -- NOT OK")))
+    if not result["ok"] and not repair:
+        raise typer.Exit(1)
+
+
+@clear_errors
+def watch(
+    source: str = typer.Argument(..., help="A folder, file:///dir or s3://bucket/prefix."),
+    interval: float = typer.Option(0.0, help="Polling seconds; 0 = settings.ingest.watch_interval_s."),
+    once: bool = typer.Option(False, "--once", help="Poll twice (baseline, then changes) and exit."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Emit ragtune.document.changed/deleted Prefect events (resource id = document URI) as SOURCE changes."""
+    from ragtune.settings import get_settings
+    from tasks.inventory import open_source
+    from tasks.watching import watch_source
+
+    settings = get_settings()
+    src = open_source(source, settings)
+    emitted = watch_source(src, interval or settings.ingest.watch_interval_s, settings.ingest.debounce_s,
+                           polls=2 if once else None, echo=lambda line: typer.echo(line, err=True))
+    emit({"source": src.uri, "events": emitted}, as_json, lambda r: f"{len(r['events'])} events emitted")
+
+
+def _summary(r: dict[str, Any]) -> str:
+    lines = [f"{r['collection']}: +{r['added']} added, ~{r['updated']} updated, -{r['deleted']} deleted, "
+             f"{r['unchanged']} unchanged, {r['quarantined']} quarantined, {r['chunks_written']} chunks "
+             f"({r['chunks_per_s']} chunks/s)"]
+    lines += [f"  quarantined {q['uri']}: {q['reason']}" for q in r["quarantine"]]
+    return "\n".join(lines)

@@ -1,0 +1,340 @@
+"""The ingestion steps the flows call: plan (list, diff, guard), index a batch, delete, report.
+
+Crash safety: before a batch writes chunks its documents are recorded as ``pending`` (and
+flushed), and only after the chunks are flushed are they recorded as ``indexed``. A run killed
+anywhere leaves at worst pending documents, which the next run redoes (or deletes, if gone);
+primary keys are deterministic, so redoing never duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ragtune.settings import Settings
+from tasks.chunking import DocInfo, chunk_elements, chunker_settings, load_tokenizer
+from tasks.inventory import Diff, Source, SourceFile, content_hash, deletion_refusal, diff_listing
+from tasks.milvus import IndexClient
+from tasks.models import embedding_source
+from tasks.parsing import Element, ParseLimits, ParserPool, default_workers
+from tasks.types import Chunk, DocRecord, IndexMeta
+
+
+class DeletionGuardError(RuntimeError):
+    """A listing would delete too much of the index; nothing was deleted."""
+
+
+@dataclass
+class RunStats:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+    still_quarantined: int = 0
+    chunks_written: int = 0
+    chunks_reused: int = 0  # vectors taken from the index instead of re-embedding
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+@dataclass
+class Run:
+    settings: Settings
+    source: Source
+    index: IndexClient
+    collection: str  # the physical generation written to
+    meta: IndexMeta
+    workdir: Path
+    stats: RunStats = field(default_factory=RunStats)
+    _pool: ParserPool | None = None
+
+    @property
+    def pool(self) -> ParserPool:
+        if self._pool is None:  # started lazily: an unchanged re-run never pays for parser processes
+            ing = self.settings.ingest
+            limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
+            self._pool = ParserPool(default_workers(ing.parse_workers), limits)
+        return self._pool
+
+
+def index_meta(settings: Settings) -> IndexMeta:
+    """What this run would build: read from the model's files, without loading the model."""
+    source = embedding_source(settings.models.embedding)
+    dim = json.loads((source.path / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"]
+    return IndexMeta(source.name, int(dim), chunker_settings(settings.ingest.max_tokens, source.name))
+
+
+@contextlib.contextmanager
+def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = False) -> Iterator[Run]:
+    """A run writing into the generation ``alias`` serves, or into a new one (``rebuild``; not served
+    until promoted)."""
+    meta = index_meta(settings)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(IndexClient.from_settings(settings))
+        physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragtune-ingest-")))
+        run = Run(settings, source, client, physical, meta, workdir)
+        try:
+            yield run
+        finally:
+            if run._pool is not None:
+                run._pool.__exit__(None, None, None)
+
+
+@lru_cache(maxsize=2)
+def _embedder(embedding: str, bf16: bool, threads: int) -> Any:
+    from tasks.embedding import Embedder
+
+    settings = Settings(models={"embedding": embedding, "bf16": bf16, "torch_threads": threads})
+    return Embedder(settings)
+
+
+def embedder(settings: Settings) -> Any:
+    """One model load per process (a served deployment reuses it across event-driven runs)."""
+    m = settings.models
+    return _embedder(m.embedding, m.bf16, m.torch_threads)
+
+
+# --- plan ------------------------------------------------------------------------------------------
+def plan(run: Run, force: bool = False) -> Diff:
+    with run.stats.timed("list"):
+        records = run.index.read_records(run.collection, run.source.uri)
+        diff = diff_listing(run.source.list(), records)
+    refusal = deletion_refusal(diff, records, run.settings.ingest.deletion_guard)
+    if refusal and not force:
+        raise DeletionGuardError(f"refusing to run: {refusal}; nothing was deleted. If this is intended, "
+                                 "rerun with --force (force=True).")
+    run.stats.unchanged = len(diff.unchanged)
+    run.stats.still_quarantined = len(diff.still_quarantined)
+    return diff
+
+
+def plan_documents(run: Run, uris: Sequence[str]) -> tuple[list[SourceFile], list[DocRecord]]:
+    """For named documents only (event-driven runs): those to (re)index and those gone from the source.
+
+    Cost is per document (a stat and a record lookup), never a listing of the corpus. A document
+    whose size and version match its record is skipped: repeated events for one version are free.
+    """
+    from tasks.types import doc_id_for
+
+    records = run.index.get_records(run.collection, [doc_id_for(u) for u in uris])
+    todo, gone = [], []
+    with run.stats.timed("list"):
+        for uri in dict.fromkeys(uris):
+            found = run.source.stat(relative_path(run.source, uri))
+            record = records.get(doc_id_for(uri))
+            if found is None:
+                gone += [record] if record else []
+            elif record and (record.size, record.version) == (found.size, found.version) \
+                    and record.status != "pending":
+                run.stats.unchanged += 1
+            else:
+                todo.append(found)
+    return todo, gone
+
+
+def source_for(settings: Settings, alias: str, uri: str) -> str:
+    """The source a document belongs to: as recorded in the index, else its folder (or bucket)."""
+    from tasks.types import doc_id_for
+
+    with IndexClient.from_settings(settings) as index:
+        if index.exists(alias) and (found := index.get_records(alias, [doc_id_for(uri)])):
+            return next(iter(found.values())).source
+    if uri.startswith("s3://"):
+        return "s3://" + uri[5:].split("/", 1)[0]
+    return uri.rsplit("/", 1)[0]
+
+
+def relative_path(source: Source, uri: str) -> str:
+    from urllib.parse import unquote
+
+    if not uri.startswith(source.uri + "/"):
+        raise ValueError(f"document {uri} is not under source {source.uri}")
+    rel = uri[len(source.uri) + 1:]
+    return unquote(rel) if source.uri.startswith("file:") else rel
+
+
+# --- one batch of documents ------------------------------------------------------------------------
+@task(name="index-batch", cache_policy=NO_CACHE)
+def index_batch(run: Run, files: Sequence[SourceFile]) -> None:
+    """Read, parse, chunk, embed and write a batch of documents (one task: bookkeeping is per batch)."""
+    known = run.index.get_records(run.collection, [f.doc_id for f in files])
+    first_failure = len(run.stats.quarantined)
+    todo, records = _read(run, files, known)
+    if not todo:
+        run.index.delete_documents(run.collection, [q["doc_id"] for q in run.stats.quarantined[first_failure:]])
+        run.index.write_records(run.collection, records)
+        return
+    run.index.write_records(run.collection, [*records, *(_record(f, h, "pending") for f, _, h in todo)])
+    run.index.flush_records(run.collection)
+    parsed = _parse(run, todo)
+    with run.stats.timed("chunk"):
+        tokenizer = load_tokenizer(str(embedding_source(run.settings.models.embedding).path))
+        chunks = {f.doc_id: chunk_elements(els, _doc_info(f, h), tokenizer, run.settings.ingest.max_tokens)
+                  for f, h, els in parsed if els}
+    flat = [c for cs in chunks.values() for c in cs]
+    vectors = _vectors(run, flat, [d for d in chunks if d in known])
+    with run.stats.timed("write"):
+        run.index.upsert_chunks(run.collection, flat, vectors)
+        failed = [q["doc_id"] for q in run.stats.quarantined[first_failure:]]
+        run.index.delete_documents(run.collection, failed)  # a document that turned bad leaves the index
+        run.index.flush(run.collection)
+    for f, h, els in parsed:
+        if els:
+            records.append(_record(f, h, "indexed", len(chunks[f.doc_id])))
+            _count_write(run.stats, f, known)
+    run.index.write_records(run.collection, records)
+    run.stats.chunks_written += len(flat)
+
+
+def _read(run: Run, files: Sequence[SourceFile], known: dict[str, DocRecord]
+          ) -> tuple[list[tuple[SourceFile, Path, str]], list[DocRecord]]:
+    """Files to parse (saved under the workdir), and records for files whose content did not change."""
+    todo, records = [], []
+    with run.stats.timed("read"):
+        for f in files:
+            try:
+                data = run.source.read(f)
+            except Exception as exc:  # an unreadable file is quarantined; the run goes on
+                records.append(_quarantine(run, f, "", f"cannot read: {type(exc).__name__}: {exc}"))
+                continue
+            digest = content_hash(data)
+            old = known.get(f.doc_id)
+            if old is not None and old.content_hash == digest and old.status in ("indexed", "quarantined"):
+                records.append(_replace(old, f))  # touched, not changed: remember the new version only
+                run.stats.unchanged += old.status == "indexed"
+                run.stats.still_quarantined += old.status == "quarantined"
+                continue
+            path = run.workdir / f"{f.doc_id}{f.suffix}"  # never the source's own name: no traversal
+            path.write_bytes(data)
+            todo.append((f, path, digest))
+    return todo, records
+
+
+def _parse(run: Run, todo: list[tuple[SourceFile, Path, str]]) -> list[tuple[SourceFile, str, list[Element]]]:
+    by_key = {f.doc_id: (f, path, digest) for f, path, digest in todo}
+    out = []
+    with run.stats.timed("parse"):
+        for key, result in run.pool.parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
+            f, path, digest = by_key[key]
+            path.unlink(missing_ok=True)
+            if isinstance(result, str):
+                _quarantine(run, f, digest, result)
+                out.append((f, digest, []))
+            else:
+                out.append((f, digest, result))
+    return out
+
+
+def _vectors(run: Run, chunks: list[Chunk], indexed_docs: list[str]) -> Any:
+    """Vectors for chunks: reused from the index when the text is already there, else embedded."""
+    import numpy as np
+
+    with run.stats.timed("embed"):
+        known = run.index.vectors_by_text(run.collection, indexed_docs) if indexed_docs else {}
+        texts = sorted({c.text for c in chunks if c.text not in known})
+        fresh = embedder(run.settings).encode(texts, run.settings.ingest.embed_batch_size) if texts else []
+        by_text = {**known, **dict(zip(texts, fresh, strict=True))}
+        run.stats.chunks_reused += sum(1 for c in chunks if c.text in known)
+        return np.asarray([by_text[c.text] for c in chunks], dtype=np.float32).reshape(len(chunks), run.meta.dim)
+
+
+# --- deletion, finishing, reporting ---------------------------------------------------------------
+@task(name="delete-removed", cache_policy=NO_CACHE)
+def delete_removed(run: Run, removed: Sequence[DocRecord]) -> int:
+    """Chunks first, then records: a crash in between leaves records that the next run deletes again."""
+    ids = [r.doc_id for r in removed]
+    with run.stats.timed("write"):
+        run.index.delete_documents(run.collection, ids)
+        run.index.flush(run.collection)
+        run.index.delete_records(run.collection, ids)
+    run.stats.deleted += sum(1 for r in removed if r.status == "indexed")
+    return len(ids)
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Flush (Milvus Lite searches unflushed rows by brute force) and summarise the run."""
+    with run.stats.timed("flush"):
+        run.index.flush(run.collection)
+        run.index.flush_records(run.collection)
+    s = run.stats
+    total = sum(v for k, v in s.seconds.items() if k != "total")
+    emb = _embedder.cache_info().currsize and embedder(run.settings)
+    return {
+        "source": run.source.uri, "collection": run.collection, "added": s.added, "updated": s.updated,
+        "deleted": s.deleted, "unchanged": s.unchanged, "quarantined": len(s.quarantined),
+        "quarantine": s.quarantined, "still_quarantined": s.still_quarantined, "chunks_written": s.chunks_written,
+        "chunks_reused": s.chunks_reused, "seconds": {k: round(v, 3) for k, v in s.seconds.items()},
+        "chunks_per_s": round(s.chunks_written / total, 2) if total else 0.0,
+        "embedding": {"bf16": emb.bf16, "threads": emb.threads, "calibration": emb.calibration} if emb else None,
+    }
+
+
+def batched(items: Sequence[SourceFile], size: int) -> Iterator[list[SourceFile]]:
+    for start in range(0, len(items), max(1, size)):
+        yield list(items[start:start + size])
+
+
+def _doc_info(f: SourceFile, digest: str) -> DocInfo:
+    return DocInfo(f.doc_id, f.uri, f.path, digest, Path(f.path).stem)
+
+
+def _record(f: SourceFile, digest: str, status: str, chunks: int = 0, reason: str = "") -> DocRecord:
+    return DocRecord(f.doc_id, f.uri, f.source, f.path, f.size, f.version, digest, chunks, status, reason)
+
+
+def _replace(old: DocRecord, f: SourceFile) -> DocRecord:
+    return DocRecord(old.doc_id, f.uri, f.source, f.path, f.size, f.version, old.content_hash,
+                     old.chunk_count, old.status, old.reason)
+
+
+def _quarantine(run: Run, f: SourceFile, digest: str, reason: str) -> DocRecord:
+    run.stats.quarantined.append({"uri": f.uri, "reason": reason, "doc_id": f.doc_id})
+    record = _record(f, digest, "quarantined", reason=reason)
+    run.index.write_records(run.collection, [record])
+    return record
+
+
+def _count_write(stats: RunStats, f: SourceFile, known: dict[str, DocRecord]) -> None:
+    if f.doc_id in known and known[f.doc_id].status != "pending":
+        stats.updated += 1
+    else:
+        stats.added += 1
+
+
+@contextlib.contextmanager
+def collection_lock(collection: str) -> Iterator[None]:
+    """Two runs on one collection never interleave: a Prefect global concurrency limit of 1 per name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"ragtune-ingest-{collection}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with concurrency(name, occupy=1, strict=True):
+        yield
