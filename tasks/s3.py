@@ -84,7 +84,7 @@ class S3Store:
             return fn(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
-            raise S3Error(f"S3 {what} failed at {self.endpoint} bucket {self.bucket!r}: {code}") from None
+            raise S3Error(f"S3 {what} failed at {self.endpoint} bucket {self.bucket!r}: {code}{_hint(code)}") from None
         except BotoCoreError as exc:
             raise S3Error(f"S3 {what} failed at {self.endpoint}: {type(exc).__name__}: {exc}") from None
 
@@ -187,3 +187,9 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _hint(code: str) -> str:
+    if code in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
+        return " (credentials refused: check RAGTUNE_S3__ACCESS_KEY_ID and RAGTUNE_S3__SECRET_ACCESS_KEY)"
+    return ""
