@@ -109,12 +109,7 @@ class IndexClient:
 
     def ensure_loaded(self, collection: str) -> None:
         """Load a generation for search (once per client): a fresh process finds Milvus Lite collections released."""
-        loaded: set[str] = self.__dict__.setdefault("_loaded", set())
-        physical = self.resolve(collection) or collection
-        if physical not in loaded:
-            if "Loaded" not in str(self._c.get_load_state(physical).get("state")):
-                self._c.load_collection(physical)
-            loaded.add(physical)
+        self._use(collection)
 
     def has_bm25(self, collection: str) -> bool:
         return any(f["name"] == "sparse" for f in self._describe(collection)["fields"])
