@@ -110,6 +110,18 @@ def save_checkpoint(accelerator: Any, run_dir: Path, state: TrainState, keep: in
     return final
 
 
+def save_trainable_only(accelerator: Any, model: Any) -> None:
+    """LoRA checkpoints keep the adapters only: megabytes, not 540 MB of frozen base weights each time."""
+    keep = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def drop_frozen(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+        for state in weights:
+            for key in [k for k in state if k.removeprefix("module.") not in keep]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(drop_frozen)
+
+
 def trainable_state(model: Any) -> dict[str, Any]:
     return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 import tasks.models  # noqa: F401  (offline mode before transformers is imported)
 from tasks.training import checkpoint as ckpt
 from tasks.training.config import TrainConfig, parse_config
-from tasks.training.data import collate, encode_rows, epoch_order, pack_examples, read_jsonl
+from tasks.training.data import DataError, collate, encode_rows, epoch_order, pack_examples, read_jsonl
 from tasks.training.loss import AssistantTokenLoss
 
 
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # -- data ----------------------------------------------------------------------------------------
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # progress is our JSON lines; bars would interleave across processes
     base = cfg.resolved_base_model()
     tokenizer = AutoTokenizer.from_pretrained(base)
     data_dir = Path(cfg.data_dir)
@@ -86,8 +88,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     state = ckpt.TrainState()
     accelerator.register_for_checkpointing(state)
+    if cfg.method == "lora":
+        ckpt.save_trainable_only(accelerator, model)
     if cfg.resume and (last := ckpt.latest(run_dir)):
-        accelerator.load_state(str(last))
+        accelerator.load_state(str(last), strict=cfg.method != "lora")
         say("resume", step=state.step, checkpoint=str(last))
     batches = iter(accelerator.skip_first_batches(train_loader, state.micro_batches))
     say("start", world_size=accelerator.num_processes, backend=accelerator.state.backend,
@@ -190,5 +194,7 @@ def _printer(accelerator: Accelerator) -> Any:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    try:
+        main(sys.argv[1:])
+    except DataError as exc:  # a bad dataset is the user's to fix: one line, no traceback
+        sys.exit(f"error: {exc}")
