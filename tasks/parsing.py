@@ -190,6 +190,8 @@ def _serve(limits: ParseLimits) -> None:
     out = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # parsers print notices; stdout carries only the protocol
     inbox = Connection(0, writable=False)
+    _preload()
+    out.send(("ready", None))  # the parent starts a file's clock only now: imports are not the file's fault
     while True:
         try:
             path, suffix = inbox.recv()
@@ -201,6 +203,14 @@ def _serve(limits: ParseLimits) -> None:
             out.send(("error", str(exc)))
         except BaseException as exc:  # noqa: BLE001 - report, then let the parent replace us
             out.send(("error", f"parser crashed: {type(exc).__name__}: {str(exc)[:200]}"))
+
+
+def _preload() -> None:
+    from unstructured.nlp.tokenize import _get_nlp
+    from unstructured.partition import html, md, text  # noqa: F401 - the common formats' import cost
+
+    install_spacy_adapter()
+    _get_nlp()
 
 
 @dataclass
@@ -217,6 +227,8 @@ class ParserPool:
     def __init__(self, workers: int, limits: ParseLimits):
         self.limits = limits
         self._slots = [self._spawn() for _ in range(max(1, workers))]
+        for slot in self._slots:
+            self._wait_ready(slot)
 
     def __enter__(self) -> ParserPool:
         return self
@@ -233,6 +245,16 @@ class ParserPool:
         assert process.stdin and process.stdout
         return _Slot(process, Connection(process.stdout.fileno(), writable=False),
                      Connection(process.stdin.fileno(), readable=False))
+
+    def _wait_ready(self, slot: _Slot, timeout_s: float = 300.0) -> None:
+        try:
+            if slot.inbox.poll(timeout_s) and slot.inbox.recv()[0] == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        self._kill(slot)
+        raise RuntimeError(f"a parser process did not start within {timeout_s:g} s "
+                           f"(exit code {slot.process.returncode}; memory bound {self.limits.memory_mb} MiB)")
 
     @staticmethod
     def _kill(slot: _Slot) -> None:
@@ -258,6 +280,7 @@ class ParserPool:
                     except OSError:  # the worker died between jobs: replace it and retry
                         self._kill(slot)
                         self._slots[i] = self._spawn()
+                        self._wait_ready(self._slots[i])
                         pending.append((key, path, suffix))
             yield from self._collect()
 
@@ -284,6 +307,7 @@ class ParserPool:
                 continue
             self._kill(slot)
             self._slots[i] = self._spawn()
+            self._wait_ready(self._slots[i])
             yield key, reason
 
 
