@@ -1,0 +1,207 @@
+"""Query latency at 100k chunks and time to first token, each beside its baseline in the same run.
+
+    python bench/query.py [--rows 100000] [--queries 60] [--prompt-tokens 1024] [--no-server]
+
+Retrieval: p50/p95 of one question's embed + search (real all-MiniLM-L6-v2 query encoding) against
+Milvus Lite and a Milvus 2.3 server holding ``rows`` synthetic chunks (random unit vectors; Zipf
+word texts so BM25 has postings), beside numpy brute-force top-k over the very same vectors.
+Generation: SmolLM2 time to first token for a ``prompt-tokens`` prompt, and the compute bound for
+it: prompt tokens x 2 x non-embedding parameters / this machine's fp32 matmul rate, measured now
+with the same threads. The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ragtune.settings import Settings, get_settings  # noqa: E402
+from tasks import milvus, stack  # noqa: E402
+from tasks.models import EMBEDDING_MODEL_NAME, configure_torch  # noqa: E402
+from tasks.retrieval import encode_queries  # noqa: E402
+from tasks.types import IndexMeta  # noqa: E402
+
+DIM = 384
+K = 10
+QUESTIONS = [
+    "How do I configure autoscaling for a deployment?", "What does error code 4471 mean?",
+    "How long does the battery last on a full charge?", "Which port does the metrics endpoint use?",
+    "How can I reset a forgotten password?", "What is the default batch size for embeddings?",
+    "Why is my job stuck in the pending state?", "How do I export the index to S3?",
+    "Can I run the server without a GPU?", "Where are the checkpoints stored after training?",
+]
+
+
+def synthetic_corpus(rows: int, seed: int = 7) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((rows, DIM), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vocab = np.array([f"w{i}" for i in range(20_000)])
+    words = vocab[np.minimum(rng.zipf(1.3, size=(rows, 40)), 20_000) - 1]
+    return vectors, [" ".join(row) for row in words]
+
+
+def build_collection(uri: str, vectors: np.ndarray, texts: list[str]) -> tuple[str, float]:
+    """The bench collection at ``uri`` (reused when it already holds every row); seconds spent building."""
+    start = time.perf_counter()
+    with milvus.IndexClient(uri) as index:
+        meta = IndexMeta(EMBEDDING_MODEL_NAME, DIM, {"bench": "synthetic", "rows": len(texts)})
+        name = index.ensure_generation("bench", meta)
+        if index.count(name) != len(texts):
+            for lo in range(0, len(texts), 5000):
+                index.insert_rows(name, [_row(i, vectors[i], texts[i]) for i in range(lo, min(lo + 5000, len(texts)))])
+            index.flush(name)
+    return name, time.perf_counter() - start
+
+
+def _row(i: int, vector: np.ndarray, text: str) -> dict[str, Any]:
+    return {"id": f"bench-{i:07d}", "doc_id": f"doc-{i // 4:06d}", "vector": vector.tolist(), "text": text,
+            "uri": f"bench://doc-{i // 4:06d}", "path": f"doc-{i // 4:06d}.md", "title": "", "section": "",
+            "element_types": "NarrativeText", "doc_hash": "", "page": 0, "chunk_index": i % 4}
+
+
+def time_queries(settings: Settings, uri: str, name: str, queries: list[str], mode: str) -> list[float]:
+    """Seconds per question: encode + search, as `ragtune ask` does before generating."""
+    out = []
+    with milvus.IndexClient(uri) as index:
+        index.ensure_loaded(name)
+        for q in queries[:3]:  # warm-up: first searches load segments
+            index.search_dense(name, encode_queries(settings, [q])[0], K)
+        for q in queries:
+            start = time.perf_counter()
+            vector = encode_queries(settings, [q])[0]
+            if mode == "hybrid":
+                index.search_hybrid(name, q, vector, K, 50)
+            else:
+                index.search_dense(name, vector, K)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def time_numpy(vectors: np.ndarray, query_vectors: np.ndarray) -> list[float]:
+    out = []
+    for q in query_vectors:
+        start = time.perf_counter()
+        scores = vectors @ q
+        top = np.argpartition(-scores, K)[:K]
+        top[np.argsort(-scores[top])]
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def server_latency(settings: Settings, vectors: np.ndarray, texts: list[str], queries: list[str]) -> dict[str, Any]:
+    if stack.port_open(9091):
+        return {"skipped": "port 9091 is taken: another Milvus server runs on this machine"}
+    home = settings.data_dir / "bench" / "milvus-server"
+    port = stack.free_port()
+    conf = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"server_port": port})})
+    service = stack.milvus_server(conf, home=home)
+    stack.start(service)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        name, build_s = build_collection(uri, vectors, texts)
+        times = time_queries(settings, uri, name, queries, "dense")
+        return {"p50_ms": _ms(times, 50), "p95_ms": _ms(times, 95), "build_s": round(build_s, 1)}
+    finally:
+        stack.stop(service)
+
+
+def matmul_gflops(threads: int, seconds: float = 2.0) -> float:
+    """fp32 GEMM rate at prefill-like shapes (1024 tokens x SmolLM2's 576 -> 1536 projection)."""
+    import torch
+
+    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
+    for _ in range(5):
+        a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - start) / 1e9
+
+
+def generation(settings: Settings, prompt_tokens: int) -> dict[str, Any]:
+    from tasks.generation import GenerationStats, load_generator, stream_answer
+    from tasks.prompting import build_prompt
+    from tasks.serving import resolve_serving
+    from tasks.types import Hit
+
+    serving = resolve_serving(settings)
+    gen = load_generator(str(serving.model_path), serving.model_name)
+    filler = "The cluster autoscaler adds worker nodes when tasks wait for resources and removes idle ones. " * 30
+    hits = [Hit(id=f"h{i}", score=1.0, text=filler, doc_id=f"d{i}", metadata={"path": f"doc{i}.md"}) for i in range(20)]
+    prompt = build_prompt(gen.tokenizer, "How does the autoscaler decide to add nodes?", hits, prompt_tokens)
+    params = sum(p.numel() for n, p in gen.model.named_parameters() if "embed" not in n)
+    threads = configure_torch(settings.models.torch_threads)
+    runs = []
+    for _ in range(3):  # the rate is measured right before each run: a shared CPU's speed drifts
+        gflops = matmul_gflops(threads)
+        stats = GenerationStats()
+        for _piece in stream_answer(gen, prompt, 32, stats):
+            pass
+        bound = prompt.n_tokens * 2 * params / (gflops * 1e9)
+        decode = max(stats.new_tokens - 1, 1) / max(stats.total_s - (stats.first_token_s or 0), 1e-9)
+        runs.append((stats.first_token_s or 0.0, bound, gflops, decode))
+    first, bound, gflops, decode = (statistics.median(r[i] for r in runs) for i in range(4))
+    return {"prompt_tokens": prompt.n_tokens, "non_embedding_params": params, "matmul_gflops": round(gflops, 1),
+            "first_token_s": round(first, 3), "first_token_bound_s": round(bound, 3),
+            "first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs), 2),
+            "tokens_per_s": round(decode, 1)}
+
+
+def _ms(times: list[float], pct: int) -> float:
+    return round(float(np.percentile(times, pct)) * 1000, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--prompt-tokens", type=int, default=1024)
+    parser.add_argument("--no-server", action="store_true", help="skip the Milvus server measurement")
+    args = parser.parse_args()
+    settings = get_settings()
+    threads = configure_torch(settings.models.torch_threads)
+    vectors, texts = synthetic_corpus(args.rows)
+    queries = [QUESTIONS[i % len(QUESTIONS)] + f" (variant {i})" for i in range(args.queries)]
+    lite_uri = str(settings.data_dir / "bench" / f"query-{args.rows}.db")
+    Path(lite_uri).parent.mkdir(parents=True, exist_ok=True)
+    name, build_s = build_collection(lite_uri, vectors, texts)
+    dense = time_queries(settings, lite_uri, name, queries, "dense")
+    hybrid = time_queries(settings, lite_uri, name, queries, "hybrid")
+    query_vectors = encode_queries(settings, queries)
+    encode = [_timed(lambda q=q: encode_queries(settings, [q])) for q in queries]
+    brute = time_numpy(vectors, query_vectors)
+    server = {"skipped": "--no-server"} if args.no_server else server_latency(settings, vectors, texts, queries)
+    gen = generation(settings, args.prompt_tokens)
+    result = {"rows": args.rows, "queries": len(queries), "torch_threads": threads, "k": K,
+              "retrieval_p50_ms": _ms(dense, 50), "retrieval_p95_ms": _ms(dense, 95),
+              "hybrid_p50_ms": _ms(hybrid, 50), "hybrid_p95_ms": _ms(hybrid, 95),
+              "encode_p50_ms": _ms(encode, 50), "numpy_p50_ms": _ms(brute, 50), "numpy_p95_ms": _ms(brute, 95),
+              "server": server, "lite_build_s": round(build_s, 1), **gen}
+    print(f"Milvus Lite, {args.rows} chunks: embed+search p50 {result['retrieval_p50_ms']} ms "
+          f"(p95 {result['retrieval_p95_ms']}), hybrid p50 {result['hybrid_p50_ms']} ms; query encoding p50 "
+          f"{result['encode_p50_ms']} ms; numpy brute force p50 {result['numpy_p50_ms']} ms; server {server}")
+    print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
+          f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x; "
+          f"{gen['tokens_per_s']} tokens/s")
+    print(json.dumps(result))
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
