@@ -19,7 +19,7 @@ from tasks.s3 import ObjectInfo, S3Error, S3Store
 from tasks.snapshot import SnapshotError, export_snapshot, restore_snapshot, upload_snapshot
 from tasks.types import Chunk, DocRecord, IndexMeta
 
-TOL = {"retrieval.hit@k": 0.02, "model.eval_loss": 0.05}
+TOL = {"retrieval.hit@k": 0.02, "model.loss": 0.05}
 
 
 # --- the gate decision (pure) -------------------------------------------------------------------------
@@ -30,18 +30,18 @@ def test_first_release_is_promoted_without_production() -> None:
 
 
 def test_regression_beyond_tolerance_is_refused_with_a_reason_per_metric() -> None:
-    decision = rel.decide({"retrieval.hit@k": 0.60, "model.eval_loss": 2.00},
-                          {"retrieval.hit@k": 0.70, "model.eval_loss": 1.90}, TOL, production_release="r1")
+    decision = rel.decide({"retrieval.hit@k": 0.60, "model.loss": 2.00},
+                          {"retrieval.hit@k": 0.70, "model.loss": 1.90}, TOL, production_release="r1")
     assert not decision.promote
     text = "\n".join(decision.reasons)
-    assert "REGRESSED: model.eval_loss 1.9000 -> 2.0000 (+0.1000, tolerance 0.05)" in text  # lower is better
+    assert "REGRESSED: model.loss 1.9000 -> 2.0000 (+0.1000, tolerance 0.05)" in text  # lower is better
     assert "REGRESSED: retrieval.hit@k 0.7000 -> 0.6000 (-0.1000, tolerance 0.02)" in text
     assert "REFUSE" in rel.decision_markdown(decision)
 
 
 def test_within_tolerance_and_improvements_are_promoted() -> None:
-    decision = rel.decide({"retrieval.hit@k": 0.69, "model.eval_loss": 1.5},
-                          {"retrieval.hit@k": 0.70, "model.eval_loss": 1.9}, TOL)
+    decision = rel.decide({"retrieval.hit@k": 0.69, "model.loss": 1.5},
+                          {"retrieval.hit@k": 0.70, "model.loss": 1.9}, TOL)
     assert decision.promote
     assert sum(r.startswith("ok:") for r in decision.reasons) == 2
 
@@ -275,3 +275,44 @@ def test_retention_on_s3_cleans_a_half_written_release(store: S3Store, tmp_path:
     assert sorted(plan.delete_keys) == sorted(f.key for f in ref.files)
     young = plan_from_store(store, keep_last=5, grace=timedelta(hours=1))
     assert young.delete_keys == []  # an in-flight run may still be writing them
+
+
+# --- the CLI: releases, rollback (seconds, nothing uploaded), errors without tracebacks ---------------------
+def test_cli_lists_releases_and_rolls_back(s3_settings: Settings, store: S3Store,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import time
+
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+    from ragtune.settings import get_settings
+
+    first = _publish(store, None, "a")
+    second = _publish(store, first.release_id, "b")
+    for name, value in {"RAGTUNE_S3__PORT": s3_settings.s3.port, "RAGTUNE_S3__BUCKET": s3_settings.s3.bucket,
+                        "RAGTUNE_S3__PREFIX": s3_settings.s3.prefix}.items():
+        monkeypatch.setenv(name, str(value))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        listed = runner.invoke(app, ["releases", "--json"])
+        rows = json.loads(listed.stdout.strip().splitlines()[-1])["releases"]
+        assert [(r["release_id"], r["production"]) for r in rows] == [(first.release_id, False),
+                                                                       (second.release_id, True)]
+        objects = len(list(store.list("")))
+        started = time.monotonic()
+        rolled = runner.invoke(app, ["rollback", "--json"])
+        assert rolled.exit_code == 0, rolled.output
+        assert time.monotonic() - started < 10  # seconds, and nothing uploaded besides the pointer
+        assert json.loads(rolled.stdout.strip().splitlines()[-1])["release_id"] == first.release_id
+        assert len(list(store.list(""))) == objects
+        assert "* " + first.release_id in runner.invoke(app, ["releases"]).stdout
+        again = runner.invoke(app, ["rollback"])
+        assert again.exit_code == 1 and "has no parent" in again.stderr and "Traceback" not in again.output
+        forward = runner.invoke(app, ["rollback", second.release_id, "--json"])
+        assert forward.exit_code == 0 and rel.read_pointer(store).release_id == second.release_id  # type: ignore[union-attr]
+        bad = runner.invoke(app, ["index", "restore", "nonsense", "--uri", "/tmp/x.db"])
+        assert bad.exit_code == 1 and "not a release id" in bad.stderr
+    finally:
+        get_settings.cache_clear()
