@@ -1,7 +1,8 @@
 """release_pipeline: ingest -> dataset (GX gate) -> fine-tune -> evaluate -> promote, as one run.
 
 Each stage is the project's own flow, called as a subflow, so the UI shows the pipeline as a tree
-of runs with each stage's artifacts. Run locally: ``python -m flows.pipeline [--docs DIR] [--examples PATH]``.
+of runs with each stage's artifacts. Run locally (the last stdout line is a JSON object of stage
+summaries): ``python -m flows.pipeline [--docs DIR] [--examples PATH] [--preset demo]``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _log(stage: str, result: Any) -> None:
     get_run_logger().info("stage %s: %s", stage, json.dumps(stage_summary(stage, result), default=str))
 
 
+STAGES = ("ingest", "dataset", "finetune", "promote")
+
+
 def stage_summary(stage: str, result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a person reads per stage (the full result stays in the run's return value)."""
     keys = {"ingest": ("added", "updated", "deleted", "unchanged", "quarantined", "chunks_written", "counts"),
@@ -73,4 +77,6 @@ if __name__ == "__main__":
     for name, field in ReleaseParams.model_fields.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
     given = {k: v for k, v in vars(parser.parse_args()).items() if v is not None}
-    print(json.dumps(release_pipeline(ReleaseParams.model_validate(given)), indent=2, default=str))
+    stages = release_pipeline(ReleaseParams.model_validate(given))
+    # the last stdout line: one JSON object of stage summaries (logs go to stderr)
+    print(json.dumps({name: stage_summary(name, stages[name]) for name in STAGES}, default=str), flush=True)
