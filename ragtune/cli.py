@@ -22,6 +22,18 @@ app = typer.Typer(
     add_completion=False,
 )
 
+@app.callback()
+def _connect_prefect() -> None:
+    """Runs before every command: flows report to the configured Prefect server, if any."""
+    import os
+
+    from ragtune.settings import get_settings
+
+    api_url = get_settings().prefect.api_url
+    if api_url:  # otherwise Prefect starts its ephemeral API, and runs are local only
+        os.environ["PREFECT_API_URL"] = api_url
+
+
 for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
     if not _info.name.startswith("_"):
         importlib.import_module(f"ragtune.commands.{_info.name}").register(app)

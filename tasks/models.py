@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The per-load "Loading weights" bars drown the progress lines that matter.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
