@@ -123,7 +123,7 @@ def parse_file(path: Path, suffix: str, limits: ParseLimits = ParseLimits()) -> 
     except MemoryError:
         raise ParseError(f"parser exceeded the {limits.memory_mb} MiB memory bound") from None
     except Exception as exc:  # any parser failure is this file's problem, not the run's
-        raise ParseError(f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        raise ParseError(f"{suffix[1:]} parser failed: {type(exc).__name__}: {str(exc)[:300]}") from None
     elements = [e for e in elements if e.text.strip()]
     if not elements:
         raise ParseError("no text extracted")
@@ -206,11 +206,13 @@ def _serve(limits: ParseLimits) -> None:
 
 
 def _preload() -> None:
-    from unstructured.nlp.tokenize import _get_nlp
-    from unstructured.partition import html, md, text  # noqa: F401 - the common formats' import cost
+    """Warm the common paths (imports, spaCy, markdown) once per worker, not inside a file's time bound."""
+    from unstructured.partition.md import partition_md
+    from unstructured.partition.text import partition_text
 
     install_spacy_adapter()
-    _get_nlp()
+    partition_md(text="# Warm up\n\nA sentence to parse.")
+    partition_text(text="Another sentence to tag.")
 
 
 @dataclass
