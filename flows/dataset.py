@@ -19,10 +19,10 @@ from tasks import dataset_build as steps
 from tasks.dataset_store import check_name, name_for
 
 # NO_CACHE: inputs are whole datasets; hashing them for a cache key would cost more than the step
-prepare_examples = task(steps.prepare_examples, name="prepare-examples", cache_policy=NO_CACHE)
-validate_examples = task(steps.validate_examples, name="validate-examples", cache_policy=NO_CACHE)
-quarantine_examples = task(steps.quarantine_examples, name="quarantine-examples", cache_policy=NO_CACHE)
-publish_dataset = task(steps.publish_dataset, name="publish-dataset", cache_policy=NO_CACHE)
+prepare_examples = task(name="prepare-examples", cache_policy=NO_CACHE)(steps.prepare_examples)
+validate_examples = task(name="validate-examples", cache_policy=NO_CACHE)(steps.validate_examples)
+quarantine_examples = task(name="quarantine-examples", cache_policy=NO_CACHE)(steps.quarantine_examples)
+publish_dataset = task(name="publish-dataset", cache_policy=NO_CACHE)(steps.publish_dataset)
 
 
 @flow(name="build-dataset", log_prints=True)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,12 @@ class ColumnMapping:
         missing = [f for f in ("prompt", "response") if f not in values]
         if missing:
             raise ExamplesError(f"mapping {spec!r} does not name a column for {', '.join(missing)}")
-        return cls(**values)
+        return cls.of(values)
+
+    @classmethod
+    def of(cls, v: Mapping[str, str | None]) -> ColumnMapping:
+        return cls(v["prompt"] or "", v["response"] or "", v.get("group"), v.get("label"), v.get("id"),
+                   v.get("context"))
 
     def as_dict(self) -> dict[str, str | None]:
         return {k: v for k, v in asdict(self).items() if k != "optional"}
@@ -65,7 +71,8 @@ class ColumnMapping:
         required = [f"{f}={c}" for f, c in absent.items() if f not in self.optional]
         if required:
             raise ExamplesError(f"{where} has no column {', '.join(required)}; its columns are {columns}")
-        return ColumnMapping(**{**self.as_dict(), **dict.fromkeys(absent)})
+        kept = {f: None if f in absent else c for f, c in self.as_dict().items()}
+        return ColumnMapping.of(kept)
 
 
 PRESETS = {

@@ -45,7 +45,8 @@ class GateConfig:
     @classmethod
     def from_settings(cls, cfg: DatasetSettings, previous_labels: dict[str, float] | None = None,
                       previous_version: str | None = None) -> GateConfig:
-        return cls(cfg.max_seq_len, cfg.min_response_chars, tuple(cfg.eval_share_bounds), cfg.min_train_rows,
+        low, high = cfg.eval_share_bounds
+        return cls(cfg.max_seq_len, cfg.min_response_chars, (low, high), cfg.min_train_rows,
                    cfg.min_eval_rows, cfg.max_label_drift, previous_labels, previous_version)
 
 

@@ -189,3 +189,22 @@ def test_version_id_hashes_content_only() -> None:
     assert store.name_for("s3://bucket/x/My Examples.v2.jsonl") == "My-Examples.v2"
     with pytest.raises(ValueError):
         store.check_name("../escape")
+
+
+def test_dead_s3_missing_unpassed_and_corrupt_versions_are_refused(settings: Settings) -> None:
+    from tasks import stack
+    from tasks.s3 import S3Error
+
+    dead = settings.model_copy(update={"s3": settings.s3.model_copy(update={"port": stack.free_port()})})
+    with pytest.raises(S3Error, match=f"127.0.0.1:{dead.s3.port}"):
+        store.accepted_version(dead, "support")
+    with pytest.raises(store.DatasetError, match="not in the cache nor at"):
+        store.load_dataset_version(dead, "0" * 64)
+    files = {"train.jsonl": b"{}\n", "eval.jsonl": b"{}\n"}
+    manifest = {"version": "f" * 64, "gate": {"success": False}, "files": store.file_entries(files)}
+    path = store.write_local(settings, "f" * 64, {**files, "manifest.json": json.dumps(manifest).encode()})
+    with pytest.raises(store.DatasetError, match="did not pass its gate"):
+        store.load_dataset_version(settings, "f" * 64).require_passed()
+    (path / "train.jsonl").write_text('{"tampered": true}\n')
+    with pytest.raises(store.DatasetError, match="does not match its manifest"):
+        store.load_dataset_version(settings, "f" * 64)
