@@ -8,6 +8,7 @@ primary keys are deterministic, so redoing never duplicates.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import tempfile
@@ -65,15 +66,21 @@ class Run:
     meta: IndexMeta
     workdir: Path
     stats: RunStats = field(default_factory=RunStats)
-    _pool: ParserPool | None = None
 
     @property
     def pool(self) -> ParserPool:
-        if self._pool is None:  # started lazily: an unchanged re-run never pays for parser processes
-            ing = self.settings.ingest
-            limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
-            self._pool = ParserPool(default_workers(ing.parse_workers), limits)
-        return self._pool
+        """Started lazily (an unchanged re-run never pays for parser processes) and kept for the process:
+        a served deployment answers the next event without restarting workers (seconds each)."""
+        ing = self.settings.ingest
+        limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
+        return _shared_pool(limits, default_workers(ing.parse_workers))
+
+
+@lru_cache(maxsize=2)
+def _shared_pool(limits: ParseLimits, workers: int) -> ParserPool:
+    pool = ParserPool(workers, limits)
+    atexit.register(pool.__exit__, None, None, None)
+    return pool
 
 
 def index_meta(settings: Settings) -> IndexMeta:
@@ -92,12 +99,7 @@ def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = Fal
         client = stack.enter_context(IndexClient.from_settings(settings))
         physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragtune-ingest-")))
-        run = Run(settings, source, client, physical, meta, workdir)
-        try:
-            yield run
-        finally:
-            if run._pool is not None:
-                run._pool.__exit__(None, None, None)
+        yield Run(settings, source, client, physical, meta, workdir)
 
 
 @lru_cache(maxsize=2)
