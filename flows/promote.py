@@ -14,21 +14,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.transactions import Transaction, get_transaction, transaction
+from prefect.transactions import transaction
 
 from ragtune.settings import Settings, get_settings
 from tasks import promotion as steps
-from tasks.release import (
-    GateDecision,
-    ReleaseManifest,
-    decide,
-    decision_markdown,
-    flip_pointer,
-    manifest_key,
-    restore_pointer,
-    write_manifest,
-)
-from tasks.release_cache import forget
+from tasks.release import GateDecision, ReleaseManifest
+from tasks.release_gate import decide, decision_markdown
+from tasks.release_switch import switch_alias, switch_production, write_release
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,53 +42,6 @@ def upload_release(settings: Settings, candidate: steps.Candidate, current: step
                    decision: GateDecision) -> ReleaseManifest:
     with tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="snapshot-") as work:
         return steps.build_manifest(settings, candidate, current, decision, Path(work))
-
-
-@task(cache_policy=NO_CACHE)
-def write_release(settings: Settings, manifest: ReleaseManifest) -> str:
-    digest = write_manifest(steps.store_for(settings), manifest)
-    if txn := get_transaction():  # set only once written: the hook must never delete another run's manifest
-        txn.set("settings", settings)
-        txn.set("release_id", manifest.release_id)
-    return digest
-
-
-@write_release.on_rollback
-def _remove_manifest(txn: Transaction) -> None:
-    if (release_id := txn.get("release_id", None)) is not None:
-        steps.store_for(txn.get("settings")).delete([manifest_key(release_id)])
-
-
-@task(cache_policy=NO_CACHE)
-def switch_production(settings: Settings, manifest: ReleaseManifest, digest: str, current: steps.Production) -> None:
-    """The one write that switches serving; refused if another run moved production meanwhile."""
-    expected = current.pointer.release_id if current.pointer else None
-    flip_pointer(steps.store_for(settings), manifest.release_id, digest, "promote", expected=expected)
-    forget()
-    if txn := get_transaction():  # set only once flipped: never undo another run's flip
-        txn.set("settings", settings)
-        txn.set("previous", current)
-
-
-@switch_production.on_rollback
-def _restore_pointer(txn: Transaction) -> None:
-    if (previous := txn.get("previous", None)) is not None:
-        restore_pointer(steps.store_for(txn.get("settings")), previous.pointer)
-        forget()
-
-
-@task(cache_policy=NO_CACHE)
-def switch_alias(settings: Settings, manifest: ReleaseManifest) -> None:
-    previous = steps.move_alias(settings, manifest)
-    if (txn := get_transaction()) and manifest.index:
-        txn.set("settings", settings)
-        txn.set("alias", manifest.index.alias)
-        txn.set("previous_target", previous)
-
-
-@switch_alias.on_rollback
-def _restore_alias(txn: Transaction) -> None:
-    steps.restore_alias(txn.get("settings", None), txn.get("alias", None), txn.get("previous_target", None))
 
 
 @task(cache_policy=NO_CACHE)

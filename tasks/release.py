@@ -27,7 +27,6 @@ RELEASES = "releases"
 POINTER_KEY = f"{RELEASES}/production.json"
 HISTORY_LIMIT = 200
 _RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
-_LOWER_IS_BETTER = ("loss", "perplexity", "latency", "_ms")
 
 
 class ReleaseError(RuntimeError):
@@ -272,52 +271,6 @@ def rollback_target(store: S3Store, target: str | None = None) -> tuple[Pointer,
     if problems:
         raise ReleaseError(f"release {target} cannot be served: " + "; ".join(problems))
     return pointer, target_manifest, hashlib.sha256(target_manifest.to_bytes()).hexdigest()
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(part in metric for part in _LOWER_IS_BETTER)
-
-
-def decide(candidate: dict[str, float], production: dict[str, float] | None, tolerances: dict[str, float],
-           force: bool = False, production_release: str | None = None) -> GateDecision:
-    """Promote only if no configured metric regresses beyond its tolerance; every reason is kept."""
-    if production is None:
-        reasons, ok = ["no production release yet: the first release is promoted"], True
-    else:
-        reasons = [_compare(name, tol, candidate, production) for name, tol in sorted(tolerances.items())]
-        reasons = [r for r in reasons if r]
-        ok = not any(r.startswith("REGRESSED") or r.startswith("MISSING") for r in reasons)
-        if ok:
-            reasons.append("no configured metric regressed beyond its tolerance")
-    if force and not ok:
-        reasons.append("FORCED: promoted despite the gate")
-    return GateDecision(promote=ok or force, forced=force and not ok, reasons=reasons, candidate=candidate,
-                        production=production or {}, tolerances=tolerances, production_release=production_release)
-
-
-def _compare(name: str, tolerance: float, candidate: dict[str, float], production: dict[str, float]) -> str:
-    if name not in production:
-        return "" if name not in candidate else f"new metric {name} = {candidate[name]:.4f} (no production value)"
-    if name not in candidate:
-        return f"MISSING: candidate has no {name} (production {production[name]:.4f})"
-    cand, prod = float(candidate[name]), float(production[name])
-    regression = cand - prod if lower_is_better(name) else prod - cand
-    verdict = "REGRESSED" if regression > tolerance + 1e-12 else "ok"
-    return f"{verdict}: {name} {prod:.4f} -> {cand:.4f} ({cand - prod:+.4f}, tolerance {tolerance})"
-
-
-def decision_markdown(decision: GateDecision) -> str:
-    verdict = "PROMOTE (forced)" if decision.forced else ("PROMOTE" if decision.promote else "REFUSE")
-    names = sorted(set(decision.candidate) | set(decision.production))
-    rows = [f"| {n} | {_fmt(decision.production.get(n))} | {_fmt(decision.candidate.get(n))} | "
-            f"{decision.tolerances.get(n, '')} |" for n in names]
-    table = ["| metric | production | candidate | tolerance |", "|---|---|---|---|", *rows]
-    return "\n".join([f"## Release gate: {verdict}", f"production: {decision.production_release or 'none'}", "",
-                      *table, "", *[f"- {r}" for r in decision.reasons]])
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
 
 
 def manifest_json(manifest: ReleaseManifest) -> dict[str, Any]:

@@ -163,3 +163,22 @@ def _ranked(hits: list) -> list[tuple[float, frozenset[str]]]:
         else:
             groups.append((score, frozenset({h.id})))
     return groups
+
+
+def test_retention_keeps_the_last_n_and_drops_old_generations(env: Settings) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    env = env.model_copy(update={"release": env.release.model_copy(update={"keep_last": 1, "grace_minutes": 0})})
+    generations, ids = [], []
+    for _ in range(3):
+        generations.append(build_generation(env, PAGES))
+        ids.append(promote_release(promotion.Candidate(collection=generations[-1]), settings=env)["release_id"])
+    store = S3Store(env)
+    assert [i.manifest.release_id for i in list_releases(store, include_unserved=True)] == ids[1:]  # + parent
+    assert not list(store.list(f"indexes/{generations[0]}/")) and list(store.list(f"indexes/{generations[1]}/"))
+    with IndexClient(env.milvus_uri) as index:
+        assert index.list_generations("docs") == generations[1:]
+    with get_client(sync_client=True) as client:
+        shown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["release-gate"])))
+    assert shown and "## Release gate: PROMOTE" in str(shown[-1].data)

@@ -12,6 +12,7 @@ import pytest
 
 from ragtune.settings import Settings
 from tasks import release as rel
+from tasks import release_gate as gate
 from tasks.milvus import IndexClient
 from tasks.publish import download_files, upload_checkpoint
 from tasks.retention import plan_from_store, plan_retention
@@ -24,37 +25,37 @@ TOL = {"retrieval.hit@k": 0.02, "model.loss": 0.05}
 
 # --- the gate decision (pure) -------------------------------------------------------------------------
 def test_first_release_is_promoted_without_production() -> None:
-    decision = rel.decide({"retrieval.hit@k": 0.5}, None, TOL)
+    decision = gate.decide({"retrieval.hit@k": 0.5}, None, TOL)
     assert decision.promote and not decision.forced
     assert "first release" in decision.reasons[0]
 
 
 def test_regression_beyond_tolerance_is_refused_with_a_reason_per_metric() -> None:
-    decision = rel.decide({"retrieval.hit@k": 0.60, "model.loss": 2.00},
+    decision = gate.decide({"retrieval.hit@k": 0.60, "model.loss": 2.00},
                           {"retrieval.hit@k": 0.70, "model.loss": 1.90}, TOL, production_release="r1")
     assert not decision.promote
     text = "\n".join(decision.reasons)
     assert "REGRESSED: model.loss 1.9000 -> 2.0000 (+0.1000, tolerance 0.05)" in text  # lower is better
     assert "REGRESSED: retrieval.hit@k 0.7000 -> 0.6000 (-0.1000, tolerance 0.02)" in text
-    assert "REFUSE" in rel.decision_markdown(decision)
+    assert "REFUSE" in gate.decision_markdown(decision)
 
 
 def test_within_tolerance_and_improvements_are_promoted() -> None:
-    decision = rel.decide({"retrieval.hit@k": 0.69, "model.loss": 1.5},
+    decision = gate.decide({"retrieval.hit@k": 0.69, "model.loss": 1.5},
                           {"retrieval.hit@k": 0.70, "model.loss": 1.9}, TOL)
     assert decision.promote
     assert sum(r.startswith("ok:") for r in decision.reasons) == 2
 
 
 def test_missing_candidate_metric_refuses_and_force_is_recorded() -> None:
-    refused = rel.decide({}, {"retrieval.hit@k": 0.7}, TOL)
+    refused = gate.decide({}, {"retrieval.hit@k": 0.7}, TOL)
     assert not refused.promote and refused.reasons[0].startswith("MISSING")
-    forced = rel.decide({}, {"retrieval.hit@k": 0.7}, TOL, force=True)
+    forced = gate.decide({}, {"retrieval.hit@k": 0.7}, TOL, force=True)
     assert forced.promote and forced.forced and forced.reasons[-1].startswith("FORCED")
 
 
 def test_unconfigured_metrics_do_not_gate() -> None:
-    assert rel.decide({"other": 0.0}, {"other": 1.0}, TOL).promote
+    assert gate.decide({"other": 0.0}, {"other": 1.0}, TOL).promote
 
 
 # --- retention (pure) ---------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from tasks import promotion, stack
 from tasks.milvus import IndexClient
 from tasks.release import (
     ReleaseError,
-    decide,
     list_releases,
     manifest_key,
     read_pointer,
@@ -31,6 +30,7 @@ from tasks.release import (
     write_manifest,
 )
 from tasks.release_cache import forget, production_release
+from tasks.release_gate import decide
 from tasks.retention import plan_from_store
 from tasks.s3 import S3Error, S3Store
 from tasks.types import Chunk, IndexMeta
@@ -173,7 +173,8 @@ KILLED_RUN = """
 import sys
 from pathlib import Path
 from tasks import promotion as p
-from tasks.release import decide, flip_pointer, write_manifest
+from tasks.release import flip_pointer, write_manifest
+from tasks.release_gate import decide
 from ragtune.settings import get_settings
 s = get_settings()
 current = p.read_production(s)
