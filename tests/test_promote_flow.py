@@ -182,3 +182,39 @@ def test_retention_keeps_the_last_n_and_drops_old_generations(env: Settings) -> 
     with get_client(sync_client=True) as client:
         shown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["release-gate"])))
     assert shown and "## Release gate: PROMOTE" in str(shown[-1].data)
+
+
+def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, model_cache: Path) -> None:
+    """Candidate and production models scored on the same eval split in the same run: a worse one is refused."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasks.dataset_store import encode_jsonl, file_entries, publish_version, version_id
+    from tasks.models import generator_source
+
+    env = env.model_copy(update={"training": env.training.model_copy(update={"eval_examples": 2,
+                                                                             "max_new_tokens": 4})})
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                         {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}],
+             "group": f"g{i}", "kind": "curated", "n_tokens": 0, "reference": f"{i} plus {i} is {2 * i}."}
+            for i in range(3)]
+    files = {"train.jsonl": encode_jsonl(rows), "eval.jsonl": encode_jsonl(rows)}
+    version = version_id(files)
+    publish_version(env, "tiny", files, {"version": version, "files": file_entries(files), "gate": {"success": True}})
+    first = promote_release(promotion.Candidate(collection=build_generation(env, PAGES)), settings=env)
+    assert first["promoted"]  # production: this index and the base model
+
+    tokenizer = AutoTokenizer.from_pretrained(generator_source(model_cache).path)
+    torch.manual_seed(0)  # an untrained 2-layer model with SmolLM2's tokenizer: certainly worse
+    worse = tmp_path / "untrained"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=512)).save_pretrained(worse)
+    tokenizer.save_pretrained(worse)
+    refused = promote_release(promotion.Candidate(checkpoint=str(worse)),
+                              promotion.GateConfig(model_dataset=version), settings=env)
+    decision = refused["decision"]
+    assert not refused["promoted"]
+    assert decision["candidate"]["model.loss"] > decision["production"]["model.loss"] + 1
+    assert any(r.startswith("REGRESSED: model.loss") for r in decision["reasons"])
+    assert read_pointer(S3Store(env)).release_id == first["release_id"]  # type: ignore[union-attr]
