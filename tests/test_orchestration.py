@@ -62,7 +62,7 @@ def orch(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, webhook: s
     api = f"http://127.0.0.1:{port}/api"
     env = {"RAGTUNE_DATA_DIR": str(home / "data"), "RAGTUNE_PREFECT__PORT": str(port),
            "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MODELS__TORCH_THREADS": "1",
-           "RAGTUNE_ORCHESTRATION__FAILURE_WEBHOOK_URL": webhook}
+           "RAGTUNE_ORCHESTRATION__FAILURE_WEBHOOK_URL": webhook, "RAGTUNE_ORCHESTRATION__RELEASE_MIN_CHANGED": "2"}
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
@@ -147,22 +147,45 @@ def test_every_deployment_runs_from_the_ui_without_edits(orch: Settings, registe
     assert all(field.get("description") and "default" in field for field in form.values())
 
 
-def test_run_a_deployment_with_parameters_as_the_ui_does(orch: Settings, registered: dict[str, Any],
-                                                         tmp_path: Path) -> None:
-    docs = tmp_path / "corpus"
-    docs.mkdir()
+@pytest.fixture(scope="module")
+def ingested(orch: Settings, registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ingest-documents run created through the API with parameters, as the UI's form does, run by a worker."""
+    docs = tmp_path_factory.mktemp("corpus")
     (docs / "alpha.md").write_text("# Alpha\n\nAlpha documents describe the zebra-crossing protocol.\n")
     (docs / "beta.md").write_text("# Beta\n\nBeta documents describe the heron migration schedule.\n")
-    deployment_id = by_name(registered)["ingest-documents"]["id"]
     params = {"source": str(docs), "collection": "orchtest"}
-    flow_run = client_call(orch, "create_flow_run_from_deployment", deployment_id, parameters=params)
+    flow_run = client_call(orch, "create_flow_run_from_deployment", by_name(registered)["ingest-documents"]["id"],
+                           parameters=params)
     log = run_worker(orch)
-    done = client_call(orch, "read_flow_run", flow_run.id)
-    assert done.state.is_completed(), log[-3000:]
-    assert done.parameters == params
-    artifacts = client_call(orch, "read_artifacts", flow_run_filter=_run_filter(flow_run.id))
+    return {"flow_run": flow_run, "params": params, "log": log, "chained": _take_chained_runs(orch, registered)}
+
+
+def _take_chained_runs(orch: Settings, registered: dict[str, Any]) -> list[Any]:
+    """release-pipeline runs the ingestion's completion event started; deleted so no worker ever runs them."""
+    pipeline_id = by_name(registered)["release-pipeline"]["id"]
+    try:
+        runs = _wait_for(lambda: [r for r in deployment_runs(orch, pipeline_id) if not r.auto_scheduled], 30)
+    except AssertionError:
+        return []
+    for run in runs:
+        client_call(orch, "delete_flow_run", run.id)
+    return runs
+
+
+def test_run_a_deployment_with_parameters_as_the_ui_does(orch: Settings, ingested: dict[str, Any]) -> None:
+    done = client_call(orch, "read_flow_run", ingested["flow_run"].id)
+    assert done.state.is_completed(), ingested["log"][-3000:]
+    assert done.parameters == ingested["params"]
+    artifacts = client_call(orch, "read_artifacts", flow_run_filter=_run_filter(done.id))
     report = next(a for a in artifacts if a.key == "ingest-report")
     assert "| added | 2 |" in report.data
+
+
+def test_a_large_scheduled_ingestion_chains_a_release(ingested: dict[str, Any]) -> None:
+    """The ingestion changed 2 documents (the module sets release_min_changed=2): its completion event
+    started release-pipeline for the same collection and source (the fixture deleted it unrun)."""
+    assert [r.parameters["params"] for r in ingested["chained"]] == [
+        {"collection": "orchtest", "docs": ingested["params"]["source"]}]
 
 
 def test_document_event_reindexes_exactly_that_document(orch: Settings, registered: dict[str, Any],
