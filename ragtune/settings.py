@@ -49,16 +49,16 @@ class ModelSettings(BaseModel):
 
 
 class ReleaseSettings(BaseModel):
-    keep_last: int = Field(5, ge=1, description="Releases retention keeps (production and its parent always).")
-    grace_minutes: float = Field(60, ge=0, description="Unreferenced S3 objects younger than this are kept "
+    keep_last: int = Field(default=5, ge=1, description="Releases retention keeps (plus production and its parent).")
+    grace_minutes: float = Field(default=60, ge=0, description="Unreferenced S3 objects younger than this are kept "
                                  "(an in-flight promotion may be writing them).")
     tolerances: dict[str, float] = Field(
         default_factory=lambda: {"retrieval.hit@k": 0.02, "retrieval.mrr@k": 0.02, "model.loss": 0.05,
                                  "model.token_f1": 0.02, "model.citation_validity": 0.05},
         description="Gate: the most each metric may regress against production (absolute). "
                     "Metrics named *loss*/*perplexity* are lower-is-better.")
-    snapshot_rows_per_shard: int = Field(50_000, ge=1, description="Rows per Parquet shard of an index snapshot.")
-    pointer_ttl_s: float = Field(5.0, ge=0, description="Serving re-reads the production pointer at most this often.")
+    snapshot_rows_per_shard: int = Field(default=50_000, ge=1, description="Rows per Parquet shard of a snapshot.")
+    pointer_ttl_s: float = Field(default=5.0, ge=0, description="Serving re-reads the production pointer this often.")
 
 
 class AnswerSettings(BaseModel):
