@@ -65,8 +65,8 @@ def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = 
         return {"promoted": False, "release_id": None, "decision": decision.model_dump()}
     with transaction():
         manifest = upload_release(settings, candidate, current, decision)
-        unchanged = steps.same_content(current.manifest, manifest)
-        if unchanged:  # a re-run of what is already production: only the alias may need repair
+        unchanged = current.manifest is not None and steps.same_content(current.manifest, manifest)
+        if unchanged and current.manifest is not None:  # a re-run of production: only the alias may need repair
             manifest = current.manifest
         else:
             switch_production(settings, manifest, write_release(settings, manifest), current)

@@ -44,21 +44,21 @@ log = logging.getLogger(__name__)
 class Candidate(BaseModel):
     """What to promote; a part left empty keeps production's."""
 
-    collection: str | None = Field(None, description="Candidate collection generation (e.g. docs__g2) or alias.")
-    checkpoint: str | None = Field(None, description="Local directory of the candidate fine-tuned checkpoint.")
-    alias: str = Field("", description="Serving alias the generation goes behind; empty = settings' collection.")
-    dataset_version: str | None = Field(None, description="Dataset version the checkpoint was trained on.")
-    gx_success: bool | None = Field(None, description="Whether that dataset version passed its GX gate.")
+    collection: str | None = Field(default=None, description="Candidate generation (e.g. docs__g2) or alias.")
+    checkpoint: str | None = Field(default=None, description="Local directory of the candidate fine-tuned checkpoint.")
+    alias: str = Field(default="", description="Serving alias of the generation; empty = settings' collection.")
+    dataset_version: str | None = Field(default=None, description="Dataset version the checkpoint was trained on.")
+    gx_success: bool | None = Field(default=None, description="Whether that dataset version passed its GX gate.")
 
 
 class GateConfig(BaseModel):
     """How candidate and production are evaluated, in the same run."""
 
-    questions: str | None = Field(None, description="Page-eval JSONL (question, source) for retrieval hit@k.")
-    docs_root: str = Field("", description="Folder the page paths are relative to.")
-    k: int = Field(5, ge=1, description="Top-k chunks for retrieval hit@k.")
-    mode: str | None = Field(None, description="Retrieval mode (dense, bm25, hybrid); empty = settings.")
-    model_dataset: str | None = Field(None, description="Dataset version (eval split) for the model evaluation.")
+    questions: str | None = Field(default=None, description="Page-eval JSONL (question, source) for retrieval hit@k.")
+    docs_root: str = Field(default="", description="Folder the page paths are relative to.")
+    k: int = Field(default=5, ge=1, description="Top-k chunks for retrieval hit@k.")
+    mode: str | None = Field(default=None, description="Retrieval mode (dense, bm25, hybrid); empty = settings.")
+    model_dataset: str | None = Field(default=None, description="Dataset version whose eval split gates the model.")
 
 
 class Production(BaseModel):
