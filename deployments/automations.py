@@ -42,8 +42,8 @@ async def notification_block_id(settings: Settings) -> UUID | None:
 
     orchestration = settings.orchestration
     if orchestration.failure_block:
-        block = await Block.aload(orchestration.failure_block)
-        return block._block_document_id
+        block: Any = await Block.aload(orchestration.failure_block)
+        return block._block_document_id  # set on every loaded block; Prefect has no public accessor
     url = orchestration.failure_webhook_url.get_secret_value()
     if not url:
         return None
