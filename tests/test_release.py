@@ -317,3 +317,24 @@ def test_cli_lists_releases_and_rolls_back(s3_settings: Settings, store: S3Store
         assert bad.exit_code == 1 and "not a release id" in bad.stderr
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.integration
+def test_snapshot_restores_into_a_milvus_server(store: S3Store, tmp_path: Path, milvus_server: str) -> None:
+    """Lite -> S3 -> a real Milvus 2.3 server (no BM25 there: the generation is restored dense-only)."""
+    import uuid
+
+    source, vectors = _index(tmp_path / "a.db")
+    snap = upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=15))
+    alias = f"t{uuid.uuid4().hex[:8]}"
+    with IndexClient(milvus_server) as server:
+        result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1",
+                                  serve=True)
+        assert result.rows == 40 and not server.has_bm25(alias)
+        queries = vectors[:8] + 0.1
+        before, after = source.search_dense_many("docs", queries, k=5), server.search_dense_many(alias, queries, k=5)
+        assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
+        assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before],
+                           atol=1e-5)
+        assert server.read_records(alias) == source.read_records("docs")
+    source.close()
