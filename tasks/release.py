@@ -12,7 +12,6 @@ named is what a killed run leaves behind; it is never served and retention remov
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from tasks.s3 import S3Error, S3Store
 
 RELEASES = "releases"
 POINTER_KEY = f"{RELEASES}/production.json"
-HISTORY_LIMIT = 200
+HISTORY_LIMIT = 1000  # pointer events kept: a release older than that counts as unpublished
 _RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
 
@@ -271,7 +270,3 @@ def rollback_target(store: S3Store, target: str | None = None) -> tuple[Pointer,
     if problems:
         raise ReleaseError(f"release {target} cannot be served: " + "; ".join(problems))
     return pointer, target_manifest, hashlib.sha256(target_manifest.to_bytes()).hexdigest()
-
-
-def manifest_json(manifest: ReleaseManifest) -> dict[str, Any]:
-    return json.loads(manifest.model_dump_json())
