@@ -28,7 +28,17 @@ publish_dataset = task(name="publish-dataset", cache_policy=NO_CACHE)(steps.publ
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(examples: str, mapping: str = "default", grounded_from: str | None = None, name: str | None = None,
                   seed: int = 13, eval_share: float | None = None, max_seq_len: int | None = None) -> dict[str, Any]:
-    """Validate examples with the GX gate; publish them as a dataset version only if every critical check holds."""
+    """Validate examples with the GX gate; publish them as a dataset version only if every critical check holds.
+
+    Args:
+        examples: Curated examples: JSONL, CSV or Parquet, a local path or s3://.
+        mapping: Column mapping of the examples (`ragtune dataset build --help` lists them).
+        grounded_from: Collection to retrieve context from for grounded examples; empty = curated only.
+        name: Dataset name (label drift is checked against its previous accepted version); empty = from the file.
+        seed: Seed of the deterministic group split.
+        eval_share: Target share of rows in the eval split; empty = settings.dataset.eval_share.
+        max_seq_len: Longest example in tokens; empty = settings.dataset.max_seq_len.
+    """
     settings, name = run_settings(eval_share, max_seq_len), check_name(name or name_for(examples))
     run_id = str(runtime.flow_run.id or uuid.uuid4())
     prepared = prepare_examples(settings, examples, mapping, seed, grounded_from)

@@ -19,6 +19,17 @@ from tasks.model_eval import evaluate_models, report_markdown
 @flow(name="finetune-model")
 def finetune_model(dataset: str, profile: str = "", preset: str = "", method: str = "", resume: bool = False,
                    evaluate: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on an accepted dataset version under accelerate, then compare with the base model.
+
+    Args:
+        dataset: Dataset version (64 hex) or the name of an accepted dataset (its latest version).
+        profile: accelerate profile, infra/accelerate/<profile>.yaml; empty = settings.training.profile.
+        preset: Training preset (default, demo, test); empty = settings.training.preset.
+        method: lora or full; empty = settings.training.method.
+        resume: Continue the newest unfinished run of this dataset from its last checkpoint.
+        evaluate: Compare the fine-tuned model with the base model on the eval split afterwards.
+        overrides: Training config fields to override (e.g. {"max_steps": 20}).
+    """
     settings = get_settings()
     version = accepted_dataset(settings, dataset)  # refuses a version whose gate did not pass
     t = settings.training

@@ -26,7 +26,14 @@ from tasks.reporting import publish_report
 
 @flow(name="ingest-documents")
 def ingest_documents(source: str, collection: str = "", force: bool = False, rebuild: bool = False) -> dict[str, Any]:
-    """Index what was added or changed, delete what was removed, flush, and report."""
+    """Index what was added or changed, delete what was removed, flush, and report.
+
+    Args:
+        source: A local folder, file:///dir or s3://bucket/prefix.
+        collection: Serving alias; empty = settings.milvus.collection. The run writes into the generation it points to.
+        force: Allow a run that would delete more than settings.ingest.deletion_guard of the index.
+        rebuild: Write everything into a new generation beside the live one; served only after promotion.
+    """
     settings = get_settings()
     alias = collection or settings.milvus.collection
     with collection_lock(alias), open_run(settings, open_source(source, settings), alias, rebuild) as run:

@@ -57,7 +57,14 @@ def prune_releases(settings: Settings) -> dict[str, Any]:
 @flow(name="promote-release")
 def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = None, force: bool = False,
                     settings: Settings | None = None) -> dict[str, Any]:
-    """Gate -> upload (verified) -> manifest -> pointer flip -> alias move -> retention."""
+    """Gate -> upload (verified) -> manifest -> pointer flip -> alias move -> retention.
+
+    Args:
+        candidate: What to promote (collection generation and/or checkpoint); an empty part keeps production's.
+        gate: How candidate and production are evaluated in this run; empty = defaults.
+        force: Promote even if the gate refuses (recorded in the manifest).
+        settings: Leave empty: the worker's settings (RAGTUNE_*) are used.
+    """
     settings = settings or get_settings()
     current = steps.read_production(settings)
     decision = evaluate_candidate(settings, candidate, gate or steps.GateConfig(), current, force)

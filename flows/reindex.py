@@ -31,7 +31,13 @@ from tasks.reporting import publish_report
 
 @flow(name="reindex-document")
 def reindex_document(uris: list[str], source: str = "", collection: str = "") -> dict[str, Any]:
-    """Index the named documents that changed and delete the ones that are gone; nothing else."""
+    """Index the named documents that changed and delete the ones that are gone; nothing else.
+
+    Args:
+        uris: Document URIs (the events' resource ids), e.g. file:///docs/a.md or s3://bucket/docs/a.md.
+        source: Root the documents belong to; empty = the source recorded for the document, else its folder.
+        collection: Serving alias; empty = settings.milvus.collection.
+    """
     settings = get_settings()
     alias = collection or settings.milvus.collection
     root = source or source_for(settings, alias, uris[0])
