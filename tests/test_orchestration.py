@@ -25,8 +25,6 @@ from deployments.pools import CPU_POOL, GPU_POOL
 from ragtune.settings import Settings
 from tasks import stack
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = {"ingest-documents", "reindex-document", "build-dataset", "finetune-model", "finetune-model-gpu",
                "promote-release", "release-pipeline"}
@@ -107,6 +105,27 @@ def by_name(registered: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {d["name"]: d for d in registered["deployments"]}
 
 
+def test_loss_curve_png_from_checkpoint_metrics(tmp_path: Path) -> None:
+    from tasks.curves import loss_png, loss_points, publish_training_curves
+
+    metrics = {"evals": [{"step": 0, "eval_loss": 2.5}, {"step": 20, "eval_loss": 2.1}],
+               "train_losses": [{"step": 5, "loss": 2.4}, {"step": 10, "loss": 2.2}]}
+    series = loss_points(metrics)
+    assert series == {"eval loss": [(0, 2.5), (20, 2.1)], "train loss": [(5, 2.4), (10, 2.2)]}
+    assert loss_png(series, "run").startswith(b"\x89PNG")
+    assert publish_training_curves.fn(str(tmp_path))["published"] is False  # a run without metrics
+
+
+def test_ingest_event_counts_changes_and_labels_release_worthiness() -> None:
+    report = {"added": 3, "updated": 1, "deleted": 1, "unchanged": 40, "quarantined": 2, "quarantine": []}
+    event = ingest_event("docs", "s3://corp/docs", report, min_changed=5)
+    assert event["resource"]["prefect.resource.id"] == "ragtune.collection.docs"
+    assert event["resource"]["ragtune.release-worthy"] == "true"
+    assert event["payload"] == {"changed": 5, "min_changed": 5, "added": 3, "updated": 1, "deleted": 1,
+                                "unchanged": 40, "quarantined": 2}
+    assert ingest_event("docs", "docs", report, min_changed=6)["resource"]["ragtune.release-worthy"] == "false"
+
+
 def test_prefect_yaml_is_the_source_of_truth() -> None:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
@@ -120,6 +139,7 @@ def test_prefect_yaml_is_the_source_of_truth() -> None:
     assert ingest_event("docs", "docs", {"added": 19}, min_changed=20)["resource"]["ragtune.release-worthy"] == "false"
 
 
+@pytest.mark.integration
 def test_register_deploys_every_deployment_with_schedules_and_triggers(registered: dict[str, Any]) -> None:
     found = by_name(registered)
     assert set(found) == DEPLOYMENTS
@@ -131,14 +151,17 @@ def test_register_deploys_every_deployment_with_schedules_and_triggers(registere
     assert registered["failure_automation"]["notifies"] == "send-notification"
 
 
+@pytest.mark.integration
 def test_every_deployment_runs_from_the_ui_without_edits(orch: Settings, registered: dict[str, Any]) -> None:
-    """Each required parameter has a default, and the pipeline's form shows a description per field."""
+    """Each required parameter has a default, every form field a description, every schedule is active."""
     for name, info in by_name(registered).items():
-        if name == "reindex-document":
-            continue  # event-driven: its trigger supplies the document; a UI run has to name one
         deployment = client_call(orch, "read_deployment", info["id"])
-        required = set(deployment.parameter_openapi_schema.get("required", []))
-        assert required <= set(deployment.parameters), f"{name}: no default for {required - set(deployment.parameters)}"
+        schema = deployment.parameter_openapi_schema
+        undescribed = [k for k, v in schema["properties"].items() if not v.get("description")]
+        assert not undescribed, f"{name}: form fields without a description: {undescribed}"
+        missing = set(schema.get("required", [])) - set(deployment.parameters)
+        # reindex-document is event-driven: its trigger supplies the document; a UI run has to name one
+        assert missing == ({"uris"} if name == "reindex-document" else set()), f"{name}: no default for {missing}"
         schedules = client_call(orch, "read_deployment_schedules", deployment.id)
         assert all(s.active for s in schedules)
     pipeline = client_call(orch, "read_deployment", by_name(registered)["release-pipeline"]["id"])
@@ -172,6 +195,7 @@ def _take_chained_runs(orch: Settings, registered: dict[str, Any]) -> list[Any]:
     return runs
 
 
+@pytest.mark.integration
 def test_run_a_deployment_with_parameters_as_the_ui_does(orch: Settings, ingested: dict[str, Any]) -> None:
     done = client_call(orch, "read_flow_run", ingested["flow_run"].id)
     assert done.state.is_completed(), ingested["log"][-3000:]
@@ -181,6 +205,7 @@ def test_run_a_deployment_with_parameters_as_the_ui_does(orch: Settings, ingeste
     assert "| added | 2 |" in report.data
 
 
+@pytest.mark.integration
 def test_a_large_scheduled_ingestion_chains_a_release(ingested: dict[str, Any]) -> None:
     """The ingestion changed 2 documents (the module sets release_min_changed=2): its completion event
     started release-pipeline for the same collection and source (the fixture deleted it unrun)."""
@@ -188,6 +213,7 @@ def test_a_large_scheduled_ingestion_chains_a_release(ingested: dict[str, Any]) 
         {"collection": "orchtest", "docs": ingested["params"]["source"]}]
 
 
+@pytest.mark.integration
 def test_document_event_reindexes_exactly_that_document(orch: Settings, registered: dict[str, Any],
                                                         tmp_path: Path) -> None:
     doc = tmp_path / "gamma.md"
@@ -206,6 +232,7 @@ def test_document_event_reindexes_exactly_that_document(orch: Settings, register
     assert done.state.is_completed(), log[-3000:]
 
 
+@pytest.mark.integration
 def test_failed_run_notifies_the_configured_webhook(orch: Settings, registered: dict[str, Any]) -> None:
     deployment_id = by_name(registered)["build-dataset"]["id"]
     flow_run = client_call(orch, "create_flow_run_from_deployment", deployment_id,
@@ -233,6 +260,7 @@ def _wait_for(probe: Any, timeout_s: float) -> Any:
     raise AssertionError(f"nothing after {timeout_s} s")
 
 
+@pytest.mark.integration
 def test_pools_refuse_a_type_clash(orch: Settings, registered: dict[str, Any]) -> None:
     from deployments.pools import ensure_work_pools
 
