@@ -102,6 +102,6 @@ def _schedule_text(schedule: Any) -> str:
     return getattr(schedule, "cron", None) or str(getattr(schedule, "interval", schedule))
 
 
-def worker_argv(pool: str, limit: int, run_once: bool = False) -> list[str]:
-    return [str(PREFECT), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit),
+def worker_argv(pool: str, limit: int, run_once: bool = False, pool_type: str = "process") -> list[str]:
+    return [str(PREFECT), "worker", "start", "--pool", pool, "--type", pool_type, "--limit", str(limit),
             *(["--run-once"] if run_once else [])]

@@ -41,7 +41,9 @@ def deploy(
         emit(reg.register(settings), as_json and not worker, _human)
     if worker or worker_only:
         reg.require_server(settings)
-        argv = reg.worker_argv(CPU_POOL if pool == "cpu" else GPU_POOL, settings.orchestration.worker_limit, run_once)
+        orchestration = settings.orchestration
+        argv = reg.worker_argv(CPU_POOL if pool == "cpu" else GPU_POOL, orchestration.worker_limit, run_once,
+                               orchestration.pool_type)
         typer.echo(f"worker: {' '.join(argv[1:])}  (Ctrl-C stops it)", err=True)
         code = subprocess.run(argv, env=reg.prefect_env(settings)).returncode
         if as_json:
