@@ -37,6 +37,8 @@ def settings(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch)
     (data / "cache").mkdir(parents=True)
     (data / "cache" / "models").symlink_to(_models_dir(model_cache), target_is_directory=True)
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(data))
+    # Serving reads the release pointer from S3: never a developer's stack on the default port.
+    monkeypatch.setenv("RAGTUNE_S3__BUCKET", "ragtune-tests-isolated")
     return Settings(data_dir=data)
 
 
