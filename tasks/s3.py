@@ -83,17 +83,20 @@ class S3Store:
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
-            raise S3Error(f"S3 {what} failed at {self.endpoint} bucket {self.bucket!r}: {code}{_hint(code)}") from None
+            raise self._client_error(what, exc) from None
         except BotoCoreError as exc:
             raise S3Error(f"S3 {what} failed at {self.endpoint}: {type(exc).__name__}: {exc}") from None
+
+    def _client_error(self, what: str, exc: ClientError) -> S3Error:
+        code = exc.response.get("Error", {}).get("Code", "?")
+        return S3Error(f"S3 {what} failed at {self.endpoint} bucket {self.bucket!r}: {code}{_hint(code)}")
 
     def ensure_bucket(self) -> None:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                self._call("head_bucket", lambda: (_ for _ in ()).throw(exc))
+                raise self._client_error("head_bucket", exc) from None
             self._call("create_bucket", self._client.create_bucket, Bucket=self.bucket)
         except BotoCoreError as exc:
             raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
@@ -151,7 +154,7 @@ class S3Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise S3Error(f"S3 head {relative} failed at {self.endpoint}: {exc.response['Error'].get('Code')}") from None
+            raise self._client_error(f"head {relative}", exc) from None
         except BotoCoreError as exc:
             raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
         return {"size": resp["ContentLength"], "etag": resp["ETag"].strip('"'),

@@ -119,10 +119,8 @@ def _alive(pid: int) -> bool:
         os.killpg(pid, 0)
     except ProcessLookupError:
         return False
-    try:  # reap it if it is our child, so it does not linger as a zombie
+    with contextlib.suppress(ChildProcessError):  # reap our child, so it does not linger as a zombie
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     return True
 
 
