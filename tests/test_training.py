@@ -141,18 +141,22 @@ def test_packing_keeps_every_example_within_max_len_and_is_deterministic(tokeniz
     assert len(pack_examples(examples, 256, packing=False)) == len(examples)
 
 
-def test_packed_loss_equals_the_sum_of_separate_losses(tokenizer: Any, tiny_model: Path) -> None:
-    """No attention crosses example boundaries and no label spans two examples."""
+@pytest.mark.parametrize("attention", ["sdpa", "packed_sdpa"])
+def test_packed_loss_equals_the_sum_of_separate_losses(tokenizer: Any, tiny_model: Path, attention: str) -> None:
+    """No attention crosses example boundaries and no label spans two examples (masked sdpa and per-example)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tasks.training import attention as packed_attention
     from tasks.training.loss import AssistantTokenLoss
 
-    loss = AssistantTokenLoss(AutoModelForCausalLM.from_pretrained(tiny_model))
+    packed_attention.register()
+    loss = AssistantTokenLoss(AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention))
     examples = [encode_example(tokenizer, r["messages"]) for r in rows(3)]
+    reference = AssistantTokenLoss(AutoModelForCausalLM.from_pretrained(tiny_model))
     with torch.no_grad():
         packed_sum, packed_n = loss(**collate(pack_examples(examples, 512), 2))
-        separate = [loss(**collate([_row(e)], 2)) for e in examples]
+        separate = [reference(**collate([_row(e)], 2)) for e in examples]
     assert int(packed_n) == sum(int(n) for _, n in separate)
     assert float(packed_sum) == pytest.approx(sum(float(s) for s, _ in separate), rel=1e-4)
 
@@ -221,6 +225,17 @@ def test_stop_and_resume_matches_an_uninterrupted_run(dataset: Path, tiny_model:
     resumed = last_event(train(dataset, tmp_path / "cut", tiny_model, *FULL, "--resume"))
     assert resumed["best_eval_loss"] == pytest.approx(full_run["best_eval_loss"], rel=1e-5)
     assert resumed["param_digests"] == full_run["param_digests"]  # same seed, same data position: same weights
+
+
+def test_early_stopping_keeps_the_best_checkpoint(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """A diverging run (absurd learning rate) stops at the patience limit; its output is the best: the base."""
+    from safetensors.torch import load_file
+
+    result = last_event(train(dataset, tmp_path / "run", tiny_model, "--method", "full", "--lr", "3",
+                              "--max-steps", "12", "--epochs", "10", "--patience", "1"))
+    assert result["stopped_early"] and result["best_step"] == 0 and result["step"] == 2
+    base, out = load_file(str(tiny_model / "model.safetensors")), load_file(result["model_dir"] + "/model.safetensors")
+    assert all(out[k].equal(base[k]) for k in base)
 
 
 @pytest.mark.integration

@@ -177,6 +177,7 @@ def _write_model(lm: Any, tokenizer: Any, run_dir: Path, method: str) -> Path:
             raise RuntimeError(f"best weights do not fit the model: {unexpected[:3]}")
     if method == "lora":
         lm = lm.merge_and_unload()
+    lm.set_attn_implementation("sdpa")  # the packed-training attention is not for serving (padding, cache)
     tmp = run_dir / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp)

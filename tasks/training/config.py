@@ -21,7 +21,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"method": "lora", "max_seq_len": 320, "batch_rows": 4, "grad_accum": 1, "max_steps": 80,
              "warmup_steps": 5, "lr": 5e-4, "eval_every": 20, "save_every": 40, "log_every": 5, "patience": 2},
 }
-CHOICES = {"method": ("lora", "full"), "bf16": ("auto", "yes", "no"), "preset": tuple(PRESETS)}
+CHOICES = {"method": ("lora", "full"), "bf16": ("auto", "yes", "no"), "preset": tuple(PRESETS),
+           "attention": ("auto", "packed_sdpa", "sdpa", "flash_attention_2", "eager")}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     bf16: str = "auto"  # auto = CUDA with bf16, or a CPU with AVX-512 bf16 / AMX
     cpu: bool = False  # force CPU even when CUDA is present
+    attention: str = "auto"  # auto = packed_sdpa on CPU (per-example causal attention), sdpa on GPU
     threads: int = 0  # torch threads per process; 0 = free cores / processes
     eval_every: int = 50
     save_every: int = 50
@@ -70,6 +72,12 @@ class TrainConfig:
 
         settings = get_settings()
         return str(generator_source(settings.cache_dir, settings.models.generator).path)
+
+    def resolved_attention(self, on_cpu: bool) -> str:
+        if self.attention != "auto":
+            return self.attention
+        # per-example attention saves the masked-out FLOPs on CPU; on GPU its small kernels would cost more
+        return "packed_sdpa" if on_cpu and self.packing else "sdpa"
 
     def use_bf16(self, on_cpu: bool) -> bool:
         import torch

@@ -27,6 +27,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 import tasks.models  # noqa: F401  (offline mode before transformers is imported)
+from tasks.training import attention as packed_attention
 from tasks.training import checkpoint as ckpt
 from tasks.training.config import TrainConfig, parse_config
 from tasks.training.data import DataError, collate, encode_rows, epoch_order, pack_examples, read_jsonl
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_batches = [collate(my_eval[i : i + cfg.batch_rows], pad) for i in range(0, len(my_eval), cfg.batch_rows)]
 
     # -- model, optimizer, schedule ------------------------------------------------------------------
-    lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    attention = cfg.resolved_attention(on_cpu)
+    if attention == packed_attention.NAME:
+        packed_attention.register()
+    lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation=attention)
     if cfg.method == "lora":
         lm = _with_lora(lm, cfg)
     model = AssistantTokenLoss(lm)
@@ -96,15 +100,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = iter(accelerator.skip_first_batches(train_loader, state.micro_batches))
     say("start", world_size=accelerator.num_processes, backend=accelerator.state.backend,
         device=str(accelerator.device), mixed_precision=accelerator.mixed_precision, threads=threads,
-        total_steps=total_steps, train_rows=len(train_rows), train_examples=len(train), dropped_too_long=dropped,
-        eval_examples=len(held_out), trainable_params=sum(p.numel() for p in trainable))
+        attention=attention, total_steps=total_steps, train_rows=len(train_rows), train_examples=len(train),
+        dropped_too_long=dropped, eval_examples=len(held_out), trainable_params=sum(p.numel() for p in trainable))
 
     # -- loop ----------------------------------------------------------------------------------------
     def evaluate() -> float:
         return _eval_loss(accelerator, accelerator.unwrap_model(model), eval_batches)
 
-    if state.step == 0 and not state.evals:
-        state.record_eval(0, evaluate(), cfg.min_delta)
+    if state.step == 0 and not state.evals:  # the base model is the first candidate for "best"
+        if state.record_eval(0, evaluate(), cfg.min_delta):
+            ckpt.save_best(accelerator, model, run_dir)
         say("eval", step=0, eval_loss=state.evals[-1]["eval_loss"])
     while state.step < total_steps and not state.stopped_early:
         micro = list(islice(batches, cfg.grad_accum))
