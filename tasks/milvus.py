@@ -62,6 +62,12 @@ class Bm25UnavailableError(MilvusIndexError):
 SERVICE_ERRORS: tuple[type[Exception], ...] = (MilvusException, MilvusIndexError)
 
 
+def _grpc_options(uri: str) -> dict[str, Any]:
+    """Milvus Lite: no keepalive pings on an idle channel. A busy process (a GGUF conversion in `ragtune
+    demo`) got GOAWAY "too_many_pings" from the Lite server and the channel never recovered."""
+    return {} if "://" in uri else {"grpc_options": {"grpc.keepalive_permit_without_calls": False}}
+
+
 def generation_name(alias: str, n: int) -> str:
     return f"{alias}__g{n}"
 
@@ -78,7 +84,7 @@ class IndexClient:
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._c = MilvusClient(uri=uri, token=token, timeout=timeout)
+            self._c = MilvusClient(uri=uri, token=token, timeout=timeout, **_grpc_options(uri))
         except MilvusException as exc:
             hint = "" if "://" in uri else (" (a Milvus Lite file opens in one process at a time: stop the other "
                                              "process, or point RAGTUNE_MILVUS__URI at a Milvus server)")
