@@ -20,7 +20,7 @@ from ragtune.commands._common import JsonOption, UserError, clear_errors, emit
 
 DocsOption = typer.Option(Path("docs"), "--docs", help="Documents to index (default: the project's docs/).")
 ExamplesOption = typer.Option(Path("examples/support.jsonl"), "--examples", help="Curated examples file.")
-QUESTION = "How does ragtune switch serving to a new release?"
+QUESTION = "What is a collection generation?"
 # A demo-sized evaluation: the generation metrics of 8 eval examples, short answers (CPU minutes matter).
 DEMO_SETTINGS = {"RAGTUNE_TRAINING__EVAL_EXAMPLES": "8", "RAGTUNE_TRAINING__MAX_NEW_TOKENS": "48"}
 
@@ -96,6 +96,8 @@ def _ask(question: str) -> dict[str, Any]:
     ragtune = Path(sys.executable).parent / "ragtune"
     answer = _last_json(subprocess.run([str(ragtune), "ask", question, "--json"], stdout=subprocess.PIPE, text=True),
                         "`ragtune ask`")
+    if not answer["release_id"]:
+        raise UserError("`ragtune ask` answered without a promoted release: the promotion did not switch serving")
     cited = {c["n"] for c in answer["citations"]}
     return {"text": answer["text"], "release_id": answer["release_id"], "model": answer["model"],
             "cited_sources": [s["uri"] for s in answer["sources"] if s["n"] in cited]}
