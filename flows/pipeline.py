@@ -41,6 +41,8 @@ def release_pipeline(params: ReleaseParams = ReleaseParams()) -> dict[str, Any]:
     model_dir = _model_dir(stages["finetune"])
     stages["curves"] = publish_training_curves(model_dir)
     _log("finetune", stages["finetune"])
+    stages["evaluate"] = stages["finetune"].get("eval", {})  # base vs candidate, same prompts (model-eval artifact)
+    _log("evaluate", stages["evaluate"])
     candidate = Candidate(collection=collection, checkpoint=model_dir, dataset_version=stages["dataset"]["version"],
                           gx_success=stages["dataset"]["passed"])
     gate = GateConfig(questions=params.gate_questions, model_dataset=stages["dataset"]["version"])
@@ -57,16 +59,20 @@ def _log(stage: str, result: Any) -> None:
     get_run_logger().info("stage %s: %s", stage, json.dumps(stage_summary(stage, result), default=str))
 
 
-STAGES = ("ingest", "dataset", "finetune", "promote")
+STAGES = ("ingest", "dataset", "finetune", "evaluate", "promote")
+EVAL_METRICS = ("loss", "perplexity", "token_f1", "rouge_l", "citation_validity", "abstention_accuracy")
 
 
 def stage_summary(stage: str, result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a person reads per stage (the full result stays in the run's return value)."""
     keys = {"ingest": ("added", "updated", "deleted", "unchanged", "quarantined", "chunks_written", "counts"),
             "dataset": ("version", "passed", "reused", "counts", "warnings"),
-            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "world_size", "eval"),
+            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "world_size", "tokens_per_s"),
+            "evaluate": ("base", "candidate"),
             "promote": ("promoted", "unchanged", "release_id", "forced")}[stage]
     summary = {k: result[k] for k in keys if k in result}
+    if stage == "evaluate":
+        summary = {who: {m: v for m, v in scores.items() if m in EVAL_METRICS} for who, scores in summary.items()}
     if stage == "promote":
         summary["reasons"] = result.get("decision", {}).get("reasons", [])
     return summary

@@ -126,6 +126,17 @@ def test_ingest_event_counts_changes_and_labels_release_worthiness() -> None:
     assert ingest_event("docs", "docs", report, min_changed=6)["resource"]["ragtune.release-worthy"] == "false"
 
 
+def test_stage_summaries_keep_what_a_person_reads() -> None:
+    from flows.pipeline import STAGES, stage_summary
+
+    evaluation = {"base": {"loss": 5.1, "too_long": 0, "token_f1": 0.14}, "candidate": {"loss": 4.5, "token_f1": 0.1}}
+    assert stage_summary("evaluate", evaluation) == {"base": {"loss": 5.1, "token_f1": 0.14},
+                                                     "candidate": {"loss": 4.5, "token_f1": 0.1}}
+    promote = {"promoted": False, "release_id": None, "decision": {"reasons": ["model.token_f1 regressed"]}}
+    assert stage_summary("promote", promote)["reasons"] == ["model.token_f1 regressed"]
+    assert STAGES == ("ingest", "dataset", "finetune", "evaluate", "promote")
+
+
 def test_prefect_yaml_is_the_source_of_truth() -> None:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
