@@ -7,6 +7,7 @@ Flow runs execute the way production runs them: a process worker (`prefect worke
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -135,6 +136,18 @@ def test_stage_summaries_keep_what_a_person_reads() -> None:
     promote = {"promoted": False, "release_id": None, "decision": {"reasons": ["model.token_f1 regressed"]}}
     assert stage_summary("promote", promote)["reasons"] == ["model.token_f1 regressed"]
     assert STAGES == ("ingest", "dataset", "finetune", "evaluate", "promote")
+
+
+def test_cli_refuses_clearly_without_a_server_or_inputs(tmp_path: Path) -> None:
+    ragtune = str(Path(reg.PREFECT).parent / "ragtune")
+    dead = f"http://127.0.0.1:{stack.free_port()}/api"
+    env = {**os.environ, "RAGTUNE_PREFECT__API_URL": dead, "RAGTUNE_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([ragtune, "deploy", "--no-worker"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"no Prefect server answers at {dead}" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run([ragtune, "demo", "--docs", str(tmp_path / "missing")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "missing does not exist" in done.stderr
 
 
 def test_prefect_yaml_is_the_source_of_truth() -> None:
