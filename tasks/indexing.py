@@ -31,6 +31,8 @@ from tasks.models import embedding_source
 from tasks.parsing import Element, ParseLimits, ParserPool, default_workers
 from tasks.types import Chunk, DocRecord, IndexMeta
 
+LOCK_LEASE_S = 60.0  # the API minimum
+
 
 class DeletionGuardError(RuntimeError):
     """A listing would delete too much of the index; nothing was deleted."""
@@ -71,9 +73,19 @@ class Run:
     def pool(self) -> ParserPool:
         """Started lazily (an unchanged re-run never pays for parser processes) and kept for the process:
         a served deployment answers the next event without restarting workers (seconds each)."""
-        ing = self.settings.ingest
-        limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
-        return _shared_pool(limits, default_workers(ing.parse_workers))
+        return parser_pool(self.settings)
+
+
+def parser_pool(settings: Settings) -> ParserPool:
+    ing = settings.ingest
+    limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
+    return _shared_pool(limits, default_workers(ing.parse_workers))
+
+
+def warm_up(settings: Settings) -> None:
+    """Load the embedding model and start the parser processes now, before the first event arrives."""
+    embedder(settings)
+    parser_pool(settings)
 
 
 @lru_cache(maxsize=2)
@@ -338,5 +350,6 @@ def collection_lock(collection: str) -> Iterator[None]:
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    with concurrency(name, occupy=1, strict=True):
+    # A short lease (renewed while the run lives): a killed run blocks the next one for seconds, not minutes.
+    with concurrency(name, occupy=1, strict=True, lease_duration=LOCK_LEASE_S):
         yield

@@ -69,7 +69,7 @@ def write_good(folder: Path) -> dict[str, Path]:
     files = {
         "utf16": folder / "utf16.txt",
         "latin1": folder / "latin1.md",
-        "traversal": folder / "..%2f..%2fetc%2fpasswd.md",
+        "traversal": folder / "notes..%2f..%2fetc%2fpasswd.md",
         "pdf": folder / "paper.pdf",
         "docx": folder / "report.docx",
     }

@@ -113,34 +113,53 @@ def test_hostile_files_are_quarantined_and_good_ones_searchable(env: Settings, t
     assert report["added"] == 5
     assert _search(env, "narwhal tusk")[0] == "paper.pdf"
     assert _search(env, "axolotl limbs regenerate")[0] == "report.docx"
-    assert _search(env, "pangolin scales")[0] == "..%2f..%2fetc%2fpasswd.md"
+    assert _search(env, "pangolin scales")[0] == "notes..%2f..%2fetc%2fpasswd.md"
     rerun = ingest_documents(str(docs))  # unchanged quarantined files are not retried
     assert (rerun["quarantined"], rerun["still_quarantined"], rerun["unchanged"]) == (0, 6, 5)
 
 
-def test_a_run_killed_mid_way_leaves_no_duplicates_after_the_next_run(env: Settings, tmp_path: Path) -> None:
-    from prefect.settings import PREFECT_API_URL
+@pytest.fixture
+def prefect_server_api(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """A real `prefect server start`: unlike the test harness it runs the repossessor, which frees the
+    concurrency slot of a run that was killed once its lease lapses (checked every 2 s here)."""
+    from tasks import stack
+
+    port = stack.free_port()
+    service = stack.prefect_server(settings.model_copy(update={"prefect": settings.prefect.model_copy(
+        update={"port": port})}), home=tmp_path / "stack")
+    service.env["PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS"] = "2"
+    stack.start(service)
+    yield f"http://127.0.0.1:{port}/api"
+    stack.stop(service)
+
+
+@pytest.mark.integration
+def test_a_run_killed_mid_way_leaves_no_duplicates_after_the_next_run(
+        env: Settings, prefect_server_api: str, tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.ingest import ingest_documents
 
     docs = tmp_path / "docs"
     _write_docs(docs, [f"{t}{i}" for t in TOPICS for i in range(3)])  # 18 documents, batches of 1
-    child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "RAGTUNE_INGEST__BATCH_DOCS": "1",
+    child_env = {**os.environ, "PREFECT_API_URL": prefect_server_api, "RAGTUNE_INGEST__BATCH_DOCS": "1",
                  "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-m", "flows.ingest", str(docs)], cwd=REPO, env=child_env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    finished = 0
+    finished, output = 0, []
     assert child.stdout is not None
-    for line in child.stdout:  # kill it after its third batch: some documents done, most not
+    for line in child.stdout:  # kill the whole process group after its third batch: some documents done
+        output.append(line)
         finished += "index-batch" in line and "Completed" in line
         if finished == 3:
             os.killpg(child.pid, signal.SIGKILL)
             break
     child.wait(60)
-    assert finished == 3 and child.returncode == -signal.SIGKILL
-    report = ingest_documents(str(docs))
+    assert finished == 3 and child.returncode == -signal.SIGKILL, "".join(output[-30:])
+    with temporary_settings({PREFECT_API_URL: prefect_server_api}):
+        report = ingest_documents(str(docs))  # waits until the dead run's lock lease lapses
     assert report["added"] + report["updated"] + report["unchanged"] == 18
-    assert report["unchanged"] >= 2  # the batches completed before the kill are not redone
+    assert report["unchanged"] >= 2  # batches completed before the kill are not redone
     assert _consistent(env)["documents"] == 18
 
 
@@ -235,10 +254,10 @@ def test_s3_prefix_source(env: Settings, s3_settings: Settings, monkeypatch: pyt
     get_settings.cache_clear()
     store = S3Store(s3_settings, prefix=f"{s3_settings.s3.prefix}/kb")
     store.ensure_bucket()
-    for topic in ("meerkats", "bison"):
+    for topic in ("meerkats", "bison", "../../etc/passwd"):  # a key that would escape a naive local copy
         store.put_bytes(f"{topic}.md", f"# {topic}\n\nThe {topic} graze near river {topic}.\n".encode())
     uri = f"s3://{store.bucket}/{store.prefix}"
-    assert ingest_documents(uri)["added"] == 2
+    assert ingest_documents(uri)["added"] == 3
     assert _search(get_settings(), "where do meerkats graze")[0] == "meerkats.md"
     store.delete(["bison.md"])
     assert ingest_documents(uri)["deleted"] == 1

@@ -1,0 +1,153 @@
+"""Ingestion throughput beside plain SentenceTransformer.encode, re-run cost, and event-to-searchable latency.
+
+    python bench/ingest.py [CORPUS_DIR] [--raw-sample 1024] [--keep DIR]
+
+CORPUS_DIR defaults to the Ray docs (../shared/data/ray_docs_qa/docs). Every measured run is a fresh
+process talking to one Prefect API (a temporary server started here), so the re-run proves the
+record persists and no step pays for an in-process cache:
+
+1. first ingestion of the corpus (end-to-end chunks/s, seconds per stage);
+2. raw throughput of ``SentenceTransformer.encode`` (default settings, batch 32) on the same chunk
+   texts (a uniform random sample of ``--raw-sample`` of them; 0 = all), in its own process;
+3. an unchanged re-run: ``rerun_share`` = its time / the first run's time;
+4. one document changed: time from its change event to the changed text being searchable, in a
+   warm process (model and parsers loaded, as a long-lived worker holds them) and a cold one.
+
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "ray_docs_qa" / "docs"
+MARKER = "Quetzalcoatlus benchmarks fly over the ingestion pipeline"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("corpus", nargs="?", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--raw-sample", type=int, default=1024, help="Chunk texts for the raw encode baseline.")
+    parser.add_argument("--step", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--keep", default="", help="Data dir to use and keep (default: a temporary one).")
+    args = parser.parse_args()
+    if args.step:
+        print(json.dumps(STEPS[args.step](args)), flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="ragtune-bench-") as tmp:
+        print(json.dumps(run_all(args, Path(args.keep or tmp))), flush=True)
+
+
+def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    corpus = Path(args.corpus).resolve()
+    work = data / "corpus"  # a private copy: step 4 edits one document
+    subprocess.run(["cp", "-r", str(corpus), str(work)], check=True)
+    with prefect_test_harness(server_startup_timeout=180):
+        env = {**os.environ, "RAGTUNE_DATA_DIR": str(data), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        first = _step("ingest", work, env, args)
+        raw = _step("raw", work, env, args)
+        rerun = _step("ingest", work, env, args)
+        warm = _step("event", work, env, args)
+        cold = _step("event-cold", work, env, args)
+    r = first["report"]
+    e2e = r["chunks_written"] / first["seconds"]
+    return {
+        "corpus": str(corpus), "documents": r["added"], "quarantined": r["quarantined"], "chunks": r["chunks_written"],
+        "seconds": first["seconds"], "stage_seconds": r["seconds"], "chunks_per_s": round(e2e, 2),
+        "raw_encode_chunks_per_s": round(raw["chunks_per_s"], 2), "raw_encode_sample": raw["texts"],
+        "ratio_vs_raw_encode": round(e2e / raw["chunks_per_s"], 3),
+        "embedding": r["embedding"], "rerun_seconds": rerun["seconds"],
+        "rerun_share": round(rerun["seconds"] / first["seconds"], 4),
+        "rerun_unchanged": rerun["report"]["unchanged"], "index_chunks": warm["index_chunks"],
+        "event_to_searchable_s": warm["event_to_searchable_s"],
+        "event_to_searchable_cold_s": cold["event_to_searchable_s"], "load_avg": os.getloadavg()[0],
+    }
+
+
+def _step(name: str, corpus: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    argv = [sys.executable, __file__, str(corpus), "--step", name, "--raw-sample", str(args.raw_sample)]
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"step {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{name}: {json.dumps(result)[:400]}", file=sys.stderr, flush=True)
+    return result
+
+
+def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.ingest import ingest_documents
+
+    start = time.perf_counter()
+    report = ingest_documents(args.corpus)
+    return {"seconds": round(time.perf_counter() - start, 3), "report": {k: v for k, v in report.items()
+                                                                       if k != "quarantine"}}
+
+
+def step_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """Plain SentenceTransformer.encode, default settings (its own threads), batch 32, same chunk texts."""
+    from ragtune.settings import get_settings
+    from tasks.milvus import IndexClient
+    from tasks.models import load_embedder
+
+    settings = get_settings()
+    with IndexClient.from_settings(settings) as index:
+        texts = [r["text"] for batch in index.iter_rows(settings.milvus.collection, fields=["text"]) for r in batch]
+    if args.raw_sample:
+        texts = random.Random(0).sample(texts, min(args.raw_sample, len(texts)))
+    model = load_embedder()
+    start = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    seconds = time.perf_counter() - start
+    return {"texts": len(texts), "seconds": round(seconds, 3), "chunks_per_s": len(texts) / seconds}
+
+
+def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
+    """Change one document, emit its event, re-index it as the trigger would, poll until searchable."""
+    start_process = time.perf_counter()
+    from flows.reindex import reindex_document
+    from ragtune.settings import get_settings
+    from tasks.indexing import embedder, warm_up
+    from tasks.inventory import open_source
+    from tasks.milvus import IndexClient
+    from tasks.watching import CHANGED, emit_document_event
+
+    settings = get_settings()
+    source = open_source(args.corpus, settings)
+    target = next(f for f in sorted(source.list(), key=lambda f: f.size) if f.suffix == ".md" and f.size > 2000)
+    if warm:  # a long-lived worker: model loaded and parser processes up before the event arrives
+        warm_up(settings)
+    marker = f"{MARKER} {'at dawn' if warm else 'at dusk'}"
+    path = Path(args.corpus) / target.path
+    start = time.perf_counter() if warm else start_process
+    path.write_text(path.read_text() + f"\n\n## Benchmark note\n\n{marker}.\n")
+    now = source.stat(target.path)
+    emit_document_event(CHANGED, target.uri, source.uri, (now.size, now.version) if now else None)
+    report = reindex_document([target.uri], source=source.uri)
+    vector = embedder(settings).encode([marker])[0]
+    with IndexClient.from_settings(settings) as index:
+        while not any(h.uri == target.uri and marker in h.text for h in index.search_dense("docs", vector, 5)):
+            time.sleep(0.05)
+        chunks = index.count("docs")
+    return {"event_to_searchable_s": round(time.perf_counter() - start, 3), "index_chunks": chunks,
+            "updated": report["updated"], "document": target.path}
+
+
+STEPS = {"ingest": step_ingest, "raw": step_raw, "event": step_event,
+         "event-cold": lambda a: step_event(a, warm=False)}
+
+if __name__ == "__main__":
+    main()
