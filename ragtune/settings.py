@@ -65,7 +65,8 @@ class AnswerSettings(BaseModel):
     k: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")
     mode: str = Field("hybrid", pattern="^(dense|bm25|hybrid)$", description="Retrieval: dense, bm25 or hybrid.")
     hybrid_candidates: int = Field(50, ge=1, description="Candidates per side (dense, BM25) before RRF fusion.")
-    rrf_k: int = Field(60, ge=1, description="RRF constant: score = sum of 1 / (rrf_k + rank).")
+    rrf_k: int = Field(5, ge=1, description="RRF constant: score = sum of 1 / (rrf_k + rank); 5 chosen on "
+                       "SciFact train queries (docs/retrieval.md).")
     prompt_tokens: int = Field(1024, ge=128, description="Prompt budget (system + context + question) in tokens; "
                                "prefill costs seconds per thousand tokens on a CPU.")
     max_new_tokens: int = Field(160, ge=1, le=2048, description="Most tokens an answer may have.")
@@ -125,6 +126,7 @@ class TrainingSettings(BaseModel):
     preset: str = Field("default", description="Training preset (tasks/training/config.py): default, demo, test.")
     method: str = Field("lora", pattern="^(lora|full)$", description="LoRA adapters (merged at the end) or full.")
     eval_examples: int = Field(64, ge=1, description="Eval-split examples `ragtune eval model` generates for.")
+    eval_loss_examples: int = Field(512, ge=1, description="Eval-split examples the held-out loss is measured on.")
     max_new_tokens: int = Field(128, ge=1, description="Greedy decoding budget per answer in model evaluation.")
 
 
