@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 BITEXT = (REPO.parent / "shared" / "data" / "bitext_customer_support"
           / "Bitext_Sample_Customer_Support_Training_Dataset.csv")
+PUBMEDQA = REPO.parent / "shared" / "data" / "pubmedqa_pqal" / "ori_pqal.json"
 SYSTEM = "You are a helpful assistant. Answer the question accurately and concisely."  # tasks.dataset's curated prompt
 
 
@@ -37,10 +38,23 @@ def bitext_rows(path: Path, limit: int) -> list[dict[str, Any]]:
                           {"role": "assistant", "content": r["response"]}]} for i, r in enumerate(records)]
 
 
+def pubmedqa_rows(path: Path, limit: int) -> list[dict[str, Any]]:
+    """Grounded rows as ragtune renders them: numbered abstract passages, the long answer citing [1]."""
+    from tasks.grounding import cite, context_messages
+
+    items = list(json.loads(path.read_text()).items())[:limit]
+    return [{"id": f"pubmedqa-{pmid}", "kind": "grounded", "group": pmid, "reference": r["LONG_ANSWER"],
+             "messages": context_messages(r["QUESTION"], r["CONTEXTS"], cite(r["LONG_ANSWER"], 1))}
+            for pmid, r in items]
+
+
 def dataset_dir(args: argparse.Namespace, work: Path) -> Path:
     if (args.data / "train.jsonl").is_file():
         return args.data
     rows = bitext_rows(args.data, args.examples)
+    if args.grounded:  # ragtune's datasets mix short curated and long grounded rows: lengths vary a lot
+        rows = [r for pair in zip(rows, pubmedqa_rows(PUBMEDQA, args.grounded), strict=False) for r in pair] + \
+            rows[args.grounded :]
     out = work / "data"
     out.mkdir()
     (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -151,6 +165,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--grounded", type=int, default=0, help="Also this many PubMedQA grounded rows.")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--procs", default="1,2", help="CPU process counts to measure ours with.")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="Dense bf16 peak for MFU (H100: 989).")
@@ -185,6 +200,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             multi[n] = ours(args, data, work, f"cpu-{n}proc", max(1, threads // n))
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "method": args.method, "steps": args.steps,
+        "data": f"{args.data.name} ({args.examples} rows + {args.grounded} grounded)",
         "batch": args.batch, "max_seq_len": args.max_seq_len, "threads": threads, "bf16": _bf16(cuda),
         "tokens_per_s": mine["tokens_per_s"], "useful_tokens_per_s": mine["useful_tokens_per_s"],
         "trainer_tokens_per_s": base["tokens_per_s"], "trainer_useful_tokens_per_s": base["useful_tokens_per_s"],

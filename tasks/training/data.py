@@ -137,3 +137,13 @@ def epoch_order(n_rows: int, epochs: float, seed: int) -> list[int]:
         order += torch.randperm(n_rows, generator=g).tolist()
         epoch += 1
     return order[:total]
+
+
+def seeded_sample(rows: list[dict[str, Any]], limit: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of ``limit`` rows in file order (all of them when ``limit`` is 0 or larger)."""
+    import random
+
+    if not limit or limit >= len(rows):
+        return rows
+    keep = set(random.Random(seed).sample(range(len(rows)), limit))
+    return [r for i, r in enumerate(rows) if i in keep]

@@ -30,7 +30,7 @@ import tasks.models  # noqa: F401  (offline mode before transformers is imported
 from tasks.training import attention as packed_attention
 from tasks.training import checkpoint as ckpt
 from tasks.training.config import TrainConfig, parse_config
-from tasks.training.data import DataError, collate, encode_rows, epoch_order, pack_examples, read_jsonl
+from tasks.training.data import DataError, collate, encode_rows, epoch_order, pack_examples, read_jsonl, seeded_sample
 from tasks.training.loss import AssistantTokenLoss
 
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(base)
     data_dir = Path(cfg.data_dir)
     train, dropped = encode_rows(tokenizer, read_jsonl(data_dir / "train.jsonl"), cfg.max_seq_len)
-    held_out, _ = encode_rows(tokenizer, read_jsonl(data_dir / "eval.jsonl"), cfg.max_seq_len)
+    eval_split = seeded_sample(read_jsonl(data_dir / "eval.jsonl"), cfg.max_eval_examples, cfg.seed)
+    held_out, _ = encode_rows(tokenizer, eval_split, cfg.max_seq_len)
     if not train:
         raise SystemExit(f"no training example fits max_seq_len={cfg.max_seq_len} ({dropped} too long)")
     train_rows = pack_examples(train, cfg.max_seq_len, cfg.packing)
