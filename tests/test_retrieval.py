@@ -121,3 +121,15 @@ def test_answer_cites_a_document_ingested_by_the_flow(settings: Settings, tmp_pa
         get_settings.cache_clear()
     assert "90" in answer.text
     assert answer.citations[0].uri.endswith("zorblax.md") and answer.citations[0].section.endswith("Battery")
+
+
+@pytest.mark.integration
+def test_a_milvus_server_without_bm25_degrades_hybrid_to_dense(settings: Settings, milvus_server: str) -> None:
+    """Milvus 2.3 has no BM25 function: hybrid answers dense with a note; bm25 says why it cannot."""
+    settings.milvus.uri = milvus_server
+    alias = f"docs_{random.Random().randrange(10**6)}"
+    index_texts(settings, alias, {"manual.md": "The Zorblax 3000 battery lasts 90 minutes."})
+    found = retrieve(settings, alias, "How long does the battery last?", 1, "hybrid")
+    assert found.mode == "dense" and "no BM25 field" in found.note and found.hits[0].uri == "manual.md"
+    with pytest.raises(RetrievalError, match="no BM25 field"):
+        retrieve(settings, alias, "battery", 1, "bm25")
