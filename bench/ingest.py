@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,8 @@ def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
     corpus = Path(args.corpus).resolve()
     work = data / "corpus"  # a private copy: step 4 edits one document
-    subprocess.run(["cp", "-r", str(corpus), str(work)], check=True)
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(corpus, work)
     with prefect_test_harness(server_startup_timeout=180):
         env = {**os.environ, "RAGTUNE_DATA_DIR": str(data), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         first = _step("ingest", work, env, args)

@@ -40,8 +40,9 @@ def ingest_documents(source: str, collection: str = "", force: bool = False, reb
         diff = plan(run, force)
         get_run_logger().info("%s: %d to index, %d unchanged, %d removed", source, len(diff.todo),
                               len(diff.unchanged), len(diff.removed))
-        for batch in batched(diff.todo, settings.ingest.batch_docs):
-            index_batch(run, batch)
+        batches = list(batched(diff.todo, settings.ingest.batch_docs))
+        for batch, upcoming in zip(batches, [*batches[1:], []], strict=False):
+            index_batch(run, batch, upcoming)  # the next batch parses while this one embeds
         if diff.removed:
             delete_removed(run, diff.removed)
         report = finish(run)

@@ -12,9 +12,11 @@ import atexit
 import contextlib
 import json
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,7 +69,10 @@ class Run:
     collection: str  # the physical generation written to
     meta: IndexMeta
     workdir: Path
+    executor: ThreadPoolExecutor
     stats: RunStats = field(default_factory=RunStats)
+    prefetched: dict[tuple[str, ...], _Prepared] = field(default_factory=dict)
+    warming: bool = False
 
     @property
     def pool(self) -> ParserPool:
@@ -111,7 +116,8 @@ def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = Fal
         client = stack.enter_context(IndexClient.from_settings(settings))
         physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragtune-ingest-")))
-        yield Run(settings, source, client, physical, meta, workdir)
+        executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ragtune-parse"))  # one pool user
+        yield Run(settings, source, client, physical, meta, workdir, executor)
 
 
 @lru_cache(maxsize=2)
@@ -122,10 +128,14 @@ def _embedder(embedding: str, bf16: bool, threads: int) -> Any:
     return Embedder(settings)
 
 
+_EMBEDDER_LOCK = threading.Lock()
+
+
 def embedder(settings: Settings) -> Any:
     """One model load per process (a served deployment reuses it across event-driven runs)."""
     m = settings.models
-    return _embedder(m.embedding, m.bf16, m.torch_threads)
+    with _EMBEDDER_LOCK:  # the first batch warms it in the background while the main thread may ask too
+        return _embedder(m.embedding, m.bf16, m.torch_threads)
 
 
 # --- plan ------------------------------------------------------------------------------------------
@@ -188,74 +198,104 @@ def relative_path(source: Source, uri: str) -> str:
 
 
 # --- one batch of documents ------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """A batch read and recorded as pending, its parsing under way in the background."""
+
+    known: dict[str, DocRecord]
+    records: list[DocRecord]  # final records needing no parse: touched files, unreadable files
+    failed: list[str]  # documents quarantined in this batch (their old chunks leave the index)
+    parsed: Future[list[tuple[SourceFile, str, list[Element] | str]]] | None
+
+
 @task(name="index-batch", cache_policy=NO_CACHE)
-def index_batch(run: Run, files: Sequence[SourceFile]) -> None:
-    """Read, parse, chunk, embed and write a batch of documents (one task: bookkeeping is per batch)."""
-    known = run.index.get_records(run.collection, [f.doc_id for f in files])
-    first_failure = len(run.stats.quarantined)
-    todo, records = _read(run, files, known)
-    if not todo:
-        run.index.delete_documents(run.collection, [q["doc_id"] for q in run.stats.quarantined[first_failure:]])
-        run.index.write_records(run.collection, records)
-        return
-    run.index.write_records(run.collection, [*records, *(_record(f, h, "pending") for f, _, h in todo)])
-    run.index.flush_records(run.collection)
-    parsed = _parse(run, todo)
+def index_batch(run: Run, files: Sequence[SourceFile], upcoming: Sequence[SourceFile] = ()) -> None:
+    """Parse, chunk, embed and write a batch of documents (one task: bookkeeping is per batch).
+
+    ``upcoming`` (the next batch) starts parsing in the parser processes while this batch embeds.
+    """
+    prep = run.prefetched.pop(_key(files), None) or _prepare(run, files)
+    if upcoming:
+        run.prefetched[_key(upcoming)] = _prepare(run, upcoming)
+    parsed: dict[str, tuple[SourceFile, str, list[Element]]] = {}
+    with run.stats.timed("parse_wait"):
+        for f, digest, result in prep.parsed.result() if prep.parsed else []:
+            if isinstance(result, str):
+                prep.records.append(_quarantine(run, f, digest, result))
+                prep.failed.append(f.doc_id)
+            else:
+                parsed[f.doc_id] = (f, digest, result)
     with run.stats.timed("chunk"):
         tokenizer = load_tokenizer(str(embedding_source(run.settings.models.embedding).path))
-        chunks = {f.doc_id: chunk_elements(els, _doc_info(f, h), tokenizer, run.settings.ingest.max_tokens)
-                  for f, h, els in parsed if els}
+        chunks = {d: chunk_elements(els, _doc_info(f, h), tokenizer, run.settings.ingest.max_tokens)
+                  for d, (f, h, els) in parsed.items()}
     flat = [c for cs in chunks.values() for c in cs]
-    vectors = _vectors(run, flat, [d for d in chunks if d in known])
+    vectors = _vectors(run, flat, [d for d in chunks if d in prep.known]) if flat else None
     with run.stats.timed("write"):
-        run.index.upsert_chunks(run.collection, flat, vectors)
-        failed = [q["doc_id"] for q in run.stats.quarantined[first_failure:]]
-        run.index.delete_documents(run.collection, failed)  # a document that turned bad leaves the index
+        if flat:
+            run.index.upsert_chunks(run.collection, flat, vectors)
+        run.index.delete_documents(run.collection, prep.failed)  # a document that turned bad leaves the index
         run.index.flush(run.collection)
-    for f, h, els in parsed:
-        if els:
-            records.append(_record(f, h, "indexed", len(chunks[f.doc_id])))
-            _count_write(run.stats, f, known)
-    run.index.write_records(run.collection, records)
+    for doc_id, (f, digest, _) in parsed.items():
+        prep.records.append(_record(f, digest, "indexed", len(chunks[doc_id])))
+        _count_write(run.stats, f, prep.known)
+    run.index.write_records(run.collection, prep.records)
     run.stats.chunks_written += len(flat)
 
 
-def _read(run: Run, files: Sequence[SourceFile], known: dict[str, DocRecord]
-          ) -> tuple[list[tuple[SourceFile, Path, str]], list[DocRecord]]:
-    """Files to parse (saved under the workdir), and records for files whose content did not change."""
-    todo, records = [], []
+def _key(files: Sequence[SourceFile]) -> tuple[str, ...]:
+    return tuple(f.doc_id for f in files)
+
+
+def _prepare(run: Run, files: Sequence[SourceFile]) -> _Prepared:
+    """Read the files, record the ones to parse as pending (write-ahead, flushed), start their parsing."""
+    known = run.index.get_records(run.collection, [f.doc_id for f in files])
+    prep = _Prepared(known, [], [], None)
+    todo = _read(run, files, prep)
+    if todo:
+        run.index.write_records(run.collection, [_record(f, h, "pending") for f, _, h in todo])
+        run.index.flush_records(run.collection)
+        prep.parsed = run.executor.submit(_parse, run, todo)
+        if not run.warming:  # the first batch: load the model while its documents parse
+            run.warming = True
+            threading.Thread(target=embedder, args=(run.settings,), daemon=True).start()
+    return prep
+
+
+def _read(run: Run, files: Sequence[SourceFile], prep: _Prepared) -> list[tuple[SourceFile, Path, str]]:
+    """Files to parse (saved under the workdir); records for the others go into ``prep``."""
+    todo = []
     with run.stats.timed("read"):
         for f in files:
             try:
                 data = run.source.read(f)
             except Exception as exc:  # an unreadable file is quarantined; the run goes on
-                records.append(_quarantine(run, f, "", f"cannot read: {type(exc).__name__}: {exc}"))
+                prep.records.append(_quarantine(run, f, "", f"cannot read: {type(exc).__name__}: {exc}"))
+                prep.failed.append(f.doc_id)
                 continue
             digest = content_hash(data)
-            old = known.get(f.doc_id)
+            old = prep.known.get(f.doc_id)
             if old is not None and old.content_hash == digest and old.status in ("indexed", "quarantined"):
-                records.append(_replace(old, f))  # touched, not changed: remember the new version only
+                prep.records.append(_replace(old, f))  # touched, not changed: remember the new version only
                 run.stats.unchanged += old.status == "indexed"
                 run.stats.still_quarantined += old.status == "quarantined"
                 continue
             path = run.workdir / f"{f.doc_id}{f.suffix}"  # never the source's own name: no traversal
             path.write_bytes(data)
             todo.append((f, path, digest))
-    return todo, records
+    return todo
 
 
-def _parse(run: Run, todo: list[tuple[SourceFile, Path, str]]) -> list[tuple[SourceFile, str, list[Element]]]:
+def _parse(run: Run, todo: list[tuple[SourceFile, Path, str]]) -> list[tuple[SourceFile, str, list[Element] | str]]:
+    """Runs in the background thread: the work happens in the parser processes, this only waits."""
     by_key = {f.doc_id: (f, path, digest) for f, path, digest in todo}
-    out = []
-    with run.stats.timed("parse"):
-        for key, result in run.pool.parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
-            f, path, digest = by_key[key]
-            path.unlink(missing_ok=True)
-            if isinstance(result, str):
-                _quarantine(run, f, digest, result)
-                out.append((f, digest, []))
-            else:
-                out.append((f, digest, result))
+    out: list[tuple[SourceFile, str, list[Element] | str]] = []
+    start = time.perf_counter()
+    for key, result in run.pool.parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
+        f, path, digest = by_key[key]
+        path.unlink(missing_ok=True)
+        out.append((f, digest, result))
+    run.stats.seconds["parse"] += time.perf_counter() - start
     return out
 
 
@@ -304,8 +344,11 @@ def finish(run: Run) -> dict[str, Any]:
 
 
 def batched(items: Sequence[SourceFile], size: int) -> Iterator[list[SourceFile]]:
-    for start in range(0, len(items), max(1, size)):
-        yield list(items[start:start + size])
+    """Batches growing 4, 8, 16... up to ``size``: the first embed starts after a short first parse."""
+    start, step = 0, min(4, max(1, size))
+    while start < len(items):
+        yield list(items[start:start + step])
+        start, step = start + step, min(step * 2, max(1, size))
 
 
 def _doc_info(f: SourceFile, digest: str) -> DocInfo:
@@ -323,9 +366,7 @@ def _replace(old: DocRecord, f: SourceFile) -> DocRecord:
 
 def _quarantine(run: Run, f: SourceFile, digest: str, reason: str) -> DocRecord:
     run.stats.quarantined.append({"uri": f.uri, "reason": reason, "doc_id": f.doc_id})
-    record = _record(f, digest, "quarantined", reason=reason)
-    run.index.write_records(run.collection, [record])
-    return record
+    return _record(f, digest, "quarantined", reason=reason)
 
 
 def _count_write(stats: RunStats, f: SourceFile, known: dict[str, DocRecord]) -> None:
