@@ -36,7 +36,7 @@ class Embedder:
         self.calibration: dict[str, float] = {}
         self.tokenizer = self.model.tokenizer
         self.max_length = int(self.model.get_max_seq_length() or 256)
-        self.dim = int(self.model.get_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension() or 384)
         self._torch = torch
         wanted = settings.models.bf16 and cpu_has_bf16()
         self.bf16 = (wanted and self._bf16_pays_off()) if bf16 is None else bf16
@@ -65,7 +65,8 @@ class Embedder:
         for row, seq in enumerate(sequences):
             input_ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        hidden = self.model[0].auto_model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        transformer: Any = self.model[0].auto_model
+        hidden = transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
         # Mean pooling over real tokens, then L2 normalisation: the model's own Pooling + Normalize modules.
         summed = (hidden * mask.unsqueeze(-1)).sum(1)
         pooled = summed / mask.sum(1, keepdim=True).clamp(min=1)

@@ -111,7 +111,7 @@ class IndexClient:
         if version.startswith("milvus_lite"):
             return True
         found = re.search(r"(\d+)\.(\d+)", version)
-        return bool(found) and (int(found[1]), int(found[2])) >= (2, 5)
+        return found is not None and (int(found[1]), int(found[2])) >= (2, 5)
 
     def ensure_loaded(self, collection: str) -> None:
         """Load a generation for search (once per client): a fresh process finds Milvus Lite collections released."""

@@ -72,14 +72,21 @@ def watch(
     as_json: bool = JsonOption,
 ) -> None:
     """Emit ragtune.document.changed/deleted Prefect events (resource id = document URI) as SOURCE changes."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from ragtune.settings import get_settings
     from tasks.inventory import open_source
     from tasks.watching import watch_source
 
     settings = get_settings()
+    api = settings.prefect.api_url or PREFECT_API_URL.value()
+    if not api:  # an ephemeral API would swallow the events: no deployment trigger could see them
+        raise UserError("ragtune watch emits events to a Prefect server: run `ragtune stack up` and set "
+                        "RAGTUNE_PREFECT__API_URL (or PREFECT_API_URL)")
     src = open_source(source, settings)
-    emitted = watch_source(src, interval or settings.ingest.watch_interval_s, settings.ingest.debounce_s,
-                           polls=2 if once else None, echo=lambda line: typer.echo(line, err=True))
+    with temporary_settings({PREFECT_API_URL: api}):
+        emitted = watch_source(src, interval or settings.ingest.watch_interval_s, settings.ingest.debounce_s,
+                               polls=2 if once else None, echo=lambda line: typer.echo(line, err=True))
     emit({"source": src.uri, "events": emitted}, as_json, lambda r: f"{len(r['events'])} events emitted")
 
 
