@@ -24,7 +24,7 @@ def settings_reference(model: BaseModel, prefix: str = "RAGTUNE_") -> list[dict[
             rows += settings_reference(value, env + "__")
             continue
         shown = ("(set)" if value.get_secret_value() else "(unset)") if isinstance(value, SecretStr) else value
-        rows.append({"env": env, "value": shown, "description": field.description or ""})
+        rows.append({"env": env, "value": "(empty)" if shown == "" else shown, "description": field.description or ""})
     return rows
 
 
