@@ -19,7 +19,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from ragtune.settings import get_settings
-from tasks.indexing import batched, collection_lock, delete_removed, finish, index_batch, open_run, plan
+from tasks.batches import index_batch
+from tasks.indexing import batched, collection_lock, delete_removed, finish, open_run, plan
 from tasks.inventory import open_source
 from tasks.reporting import publish_report
 
