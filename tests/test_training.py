@@ -177,8 +177,9 @@ def test_config_precedence_and_validation(capsys: pytest.CaptureFixture[str]) ->
     cfg = parse_config(["--data-dir", "d", "--output-dir", "o", "--preset", "demo", "--max-steps", "7",
                         "--no-packing"])
     assert cfg.max_steps == 7 and cfg.method == "lora" and cfg.max_seq_len == 320 and cfg.packing is False
-    lr = cfg.lr_lambda(100)
-    assert lr(0) < lr(4) < lr(5) == pytest.approx(1.0) and lr(100) == pytest.approx(cfg.min_lr_ratio)
+    lr, w = cfg.lr_lambda(100), cfg.warmup_steps
+    assert lr(0) < lr(w - 1) < lr(w) == pytest.approx(1.0) and lr(100) == pytest.approx(cfg.min_lr_ratio)
+    assert lr(50) < lr(w) and lr(99) > lr(100) - 1e-9  # cosine decay to the floor
     with pytest.raises(SystemExit):
         parse_config(["--data-dir", "d", "--output-dir", "o", "--method", "qlora"])
     assert "--method: invalid choice" in capsys.readouterr().err
@@ -214,6 +215,9 @@ def test_run_writes_a_self_describing_checkpoint(full_run: dict[str, Any]) -> No
     assert metrics["best_eval_loss"] < metrics["base_eval_loss"]  # it learnt something
     assert metrics["best_step"] == full_run["best_step"] and [e["step"] for e in metrics["evals"]] == [0, 2, 4, 6]
     assert {p.name for p in model.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(model).config.model_type == "llama"
 
 
 def test_stop_and_resume_matches_an_uninterrupted_run(dataset: Path, tiny_model: Path, tmp_path: Path,
