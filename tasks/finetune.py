@@ -16,12 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ragtune.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.dataset_store import DatasetVersion
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "infra" / "accelerate"
@@ -156,7 +159,7 @@ def _flags(args: dict[str, Any]) -> list[str]:
 
 
 @task(name="accepted-dataset", cache_policy=NO_CACHE)
-def accepted_dataset(settings: Settings, ref: str) -> Any:
+def accepted_dataset(settings: Settings, ref: str) -> DatasetVersion:
     """The dataset version (id or accepted name), verified by sha256; refused unless its gate passed."""
     from tasks.dataset_store import load_dataset_version
 

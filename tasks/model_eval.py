@@ -124,7 +124,7 @@ def load_model(path: Path) -> tuple[Any, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"  # generation continues each prompt from its last token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 

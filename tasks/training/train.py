@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_rows = pack_examples(held_out, cfg.max_seq_len, cfg.packing)
     order = epoch_order(len(train_rows), cfg.epochs, cfg.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_loader = DataLoader([train_rows[i] for i in order], batch_size=cfg.batch_rows,
-                              collate_fn=lambda rows: collate(rows, pad))
+    rows_in_order: Any = [train_rows[i] for i in order]  # a list is a map-style dataset
+    train_loader: DataLoader[Any] = DataLoader(rows_in_order, batch_size=cfg.batch_rows,
+                                               collate_fn=lambda rows: collate(rows, pad))
     # each process evaluates its own slice with the unwrapped model: no collective per eval batch
     my_eval = eval_rows[accelerator.process_index :: accelerator.num_processes]
     eval_batches = [collate(my_eval[i : i + cfg.batch_rows], pad) for i in range(0, len(my_eval), cfg.batch_rows)]
