@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from ragtune.settings import Settings
 from tasks import models, stack
 from tasks.s3 import S3Error, S3Store
+from tests.conftest import _free_port_block
 
 BIN = Path(sys.executable).parent
 
@@ -123,7 +124,8 @@ def test_unreachable_s3_is_a_clear_error(settings: Settings) -> None:
 
 @pytest.mark.integration
 def test_stack_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
-    env = {**os.environ, "RAGTUNE_DATA_DIR": str(tmp_path), "RAGTUNE_S3__PORT": str(stack.free_port()),
+    # SeaweedFS derives a dozen ports from the S3 port: take a base whose derived ports are all free.
+    env = {**os.environ, "RAGTUNE_DATA_DIR": str(tmp_path), "RAGTUNE_S3__PORT": str(_free_port_block(11)),
            "RAGTUNE_PREFECT__PORT": str(stack.free_port()), "RAGTUNE_MILVUS__SERVER_PORT": str(stack.free_port())}
 
     def ragtune(*args: str) -> subprocess.CompletedProcess[str]:
