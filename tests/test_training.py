@@ -214,6 +214,9 @@ def test_run_writes_a_self_describing_checkpoint(full_run: dict[str, Any]) -> No
     assert len(training["git"]["revision"]) == 40 or training["git"]["revision"] == "unknown"
     assert metrics["best_eval_loss"] < metrics["base_eval_loss"]  # it learnt something
     assert metrics["best_step"] == full_run["best_step"] and [e["step"] for e in metrics["evals"]] == [0, 2, 4, 6]
+    # the loss curve has a point per optimizer step (the PNG artifact plots it next to the eval loss)
+    assert [e["step"] for e in metrics["train_losses"]] == [1, 2, 3, 4, 5, 6]
+    assert all(0 < e["loss"] < 20 for e in metrics["train_losses"])
     assert {p.name for p in model.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
     from transformers import AutoModelForCausalLM
 
@@ -229,6 +232,10 @@ def test_stop_and_resume_matches_an_uninterrupted_run(dataset: Path, tiny_model:
     resumed = last_event(train(dataset, tmp_path / "cut", tiny_model, *FULL, "--resume"))
     assert resumed["best_eval_loss"] == pytest.approx(full_run["best_eval_loss"], rel=1e-5)
     assert resumed["param_digests"] == full_run["param_digests"]  # same seed, same data position: same weights
+    curve = [json.loads((Path(r["model_dir"]) / "metrics.json").read_text())["train_losses"]
+             for r in (resumed, full_run)]
+    assert [e["step"] for e in curve[0]] == [e["step"] for e in curve[1]]  # the curve survives the restart
+    assert [e["loss"] for e in curve[0]] == pytest.approx([e["loss"] for e in curve[1]], rel=1e-5)
 
 
 def test_early_stopping_keeps_the_best_checkpoint(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ class TrainState:
     tokens: int = 0
     useful_tokens: int = 0
     last_loss: float = math.nan
+    train_losses: list[dict[str, float]] = field(default_factory=list)  # every optimizer step: the loss curve
     _warm: bool = field(default=False, repr=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -52,6 +53,10 @@ class TrainState:
             self.seconds, self.tokens, self.useful_tokens = (
                 self.seconds + seconds, self.tokens + tokens, self.useful_tokens + useful)
         self._warm = True
+
+    def record_train_loss(self, loss: float) -> None:
+        self.last_loss = loss
+        self.train_losses.append({"step": self.step, "loss": loss})
 
     def record_eval(self, step: int, loss: float, min_delta: float) -> bool:
         """Note an eval loss; True when it is the new best."""
@@ -206,7 +211,7 @@ def _describe(model_dir: Path, cfg: Any, state: TrainState, data_dir: Path, acce
     }
     metrics = {**{k: v for k, v in result.items() if k != "param_digests"}, "evals": state.evals,
                "base_eval_loss": state.evals[0]["eval_loss"] if state.evals else None,
-               "last_train_loss": state.last_loss}
+               "last_train_loss": state.last_loss, "train_losses": state.train_losses}
     (model_dir / "training.json").write_text(json.dumps(training, indent=2, default=str))
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
 

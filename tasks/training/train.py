@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         loss = _train_step(accelerator, model, optimizer, scheduler, micro, cfg.max_grad_norm)
         state.advance(len(micro), time.perf_counter() - started, *_token_counts(accelerator, micro))
-        state.last_loss = loss
+        state.record_train_loss(loss)
         if state.step % cfg.log_every == 0 or state.step == total_steps:
             say("step", step=state.step, loss=round(loss, 4), lr=scheduler.get_last_lr()[0], **state.speed())
         if state.step % cfg.eval_every == 0 or state.step == total_steps:
