@@ -29,7 +29,7 @@ def evaluate_candidate(settings: Settings, candidate: steps.Candidate, gate: ste
     """Candidate and production evaluated in this run; the decision and its reasons logged and shown."""
     cand, prod = steps.evaluate(settings, candidate, gate, current)
     decision = decide(cand, prod, settings.release.tolerances, force,
-                      current.pointer.release_id if current.pointer else None)
+                      current.pointer.release_id if current.pointer else None, steps.BASELINE)
     for reason in decision.reasons:
         get_run_logger().info("gate: %s", reason)
     create_markdown_artifact(markdown=decision_markdown(decision), key="release-gate",

@@ -77,27 +77,40 @@ def store_for(settings: Settings) -> S3Store:
     return store
 
 
+BASELINE = "the base model and no index"
+# No index retrieves nothing: against it every question misses.
+NO_INDEX = {"retrieval.hit@k": 0.0, "retrieval.mrr@k": 0.0}
+
+
 def evaluate(settings: Settings, candidate: Candidate, gate: GateConfig, current: Production,
-             ) -> tuple[dict[str, float], dict[str, float] | None]:
-    """Candidate and production metrics on the same eval sets (production None: no release yet)."""
+             ) -> tuple[dict[str, float], dict[str, float]]:
+    """Candidate and production metrics on the same eval sets, in this run.
+
+    Without a production release, production is what would serve without one: the base model (no
+    checkpoint) and no index, so the first release is gated too. A model serving both sides is scored once.
+    """
     prod = current.manifest
-    cand_collection = candidate.collection or (prod.index.generation if prod and prod.index else None)
-    cand_ckpt = Path(candidate.checkpoint) if candidate.checkpoint else _production_checkpoint(settings, prod)
-    cand = _metrics(settings, gate, cand_collection, cand_ckpt)
-    if prod is None:
-        return cand, None
-    return cand, _metrics(settings, gate, prod.index.generation if prod.index else None,
-                          _production_checkpoint(settings, prod))
+    prod_collection = prod.index.generation if prod and prod.index else None
+    prod_ckpt = _production_checkpoint(settings, prod)
+    cand_collection = candidate.collection or prod_collection
+    cand_ckpt = Path(candidate.checkpoint) if candidate.checkpoint else prod_ckpt
+    scored: dict[Path | None, dict[str, float]] = {}
+
+    def model(checkpoint: Path | None) -> dict[str, float]:
+        if gate.model_dataset and checkpoint not in scored:
+            scored[checkpoint] = model_metrics(settings, checkpoint, gate.model_dataset)
+        return scored.get(checkpoint, {})
+
+    cand = _retrieval(settings, gate, cand_collection) | model(cand_ckpt)
+    return cand, _retrieval(settings, gate, prod_collection) | model(prod_ckpt)
 
 
-def _metrics(settings: Settings, gate: GateConfig, collection: str | None, checkpoint: Path | None,
-             ) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    if gate.questions and collection:
-        metrics |= retrieval_metrics(settings, collection, Path(gate.questions), gate.docs_root, gate.k, gate.mode)
-    if gate.model_dataset:
-        metrics |= model_metrics(settings, checkpoint, gate.model_dataset)
-    return metrics
+def _retrieval(settings: Settings, gate: GateConfig, collection: str | None) -> dict[str, float]:
+    if not gate.questions:
+        return {}
+    if collection is None:
+        return dict(NO_INDEX)
+    return retrieval_metrics(settings, collection, Path(gate.questions), gate.docs_root, gate.k, gate.mode)
 
 
 def _production_checkpoint(settings: Settings, prod: ReleaseManifest | None) -> Path | None:

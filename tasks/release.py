@@ -76,6 +76,8 @@ class GateDecision(BaseModel):
     production: dict[str, float] = Field(default_factory=dict)
     tolerances: dict[str, float] = Field(default_factory=dict)
     production_release: str | None = None
+    baseline: str = Field(default="", description="What the production metrics were measured on: a release, "
+                          "or (first release) the base model and no index.")
 
 
 class ReleaseManifest(BaseModel):

@@ -13,20 +13,26 @@ def lower_is_better(metric: str) -> bool:
 
 
 def decide(candidate: dict[str, float], production: dict[str, float] | None, tolerances: dict[str, float],
-           force: bool = False, production_release: str | None = None) -> GateDecision:
-    """Promote only if no configured metric regresses beyond its tolerance; every reason is kept."""
-    if production is None:
-        reasons, ok = ["no production release yet: the first release is promoted"], True
-    else:
-        reasons = [_compare(name, tol, candidate, production) for name, tol in sorted(tolerances.items())]
-        reasons = [r for r in reasons if r]
-        ok = not any(r.startswith("REGRESSED") or r.startswith("MISSING") for r in reasons)
-        if ok:
-            reasons.append("no configured metric regressed beyond its tolerance")
+           force: bool = False, production_release: str | None = None, baseline: str = "") -> GateDecision:
+    """Promote only if no configured metric regresses beyond its tolerance; every reason is kept.
+
+    ``production_release`` None: no release yet, ``production`` holds the ``baseline``'s metrics (the base
+    model, no index) and the first release is compared with them like any other.
+    """
+    production = production or {}
+    reasons = [_compare(name, tol, candidate, production) for name, tol in sorted(tolerances.items())]
+    reasons = [r for r in reasons if r]
+    ok = not any(r.startswith("REGRESSED") or r.startswith("MISSING") for r in reasons)
+    if production_release is None:
+        against = f"{baseline}, evaluated in this run" if baseline else "no evaluated baseline"
+        reasons.insert(0, f"no production release yet: the first release is gated against {against}")
+    if ok:
+        reasons.append("no configured metric regressed beyond its tolerance")
     if force and not ok:
         reasons.append("FORCED: promoted despite the gate")
     return GateDecision(promote=ok or force, forced=force and not ok, reasons=reasons, candidate=candidate,
-                        production=production or {}, tolerances=tolerances, production_release=production_release)
+                        production=production, tolerances=tolerances, production_release=production_release,
+                        baseline=f"release {production_release}" if production_release else baseline)
 
 
 def _compare(name: str, tolerance: float, candidate: dict[str, float], production: dict[str, float]) -> str:
@@ -46,8 +52,9 @@ def decision_markdown(decision: GateDecision) -> str:
     rows = [f"| {n} | {_fmt(decision.production.get(n))} | {_fmt(decision.candidate.get(n))} | "
             f"{decision.tolerances.get(n, '')} |" for n in names]
     table = ["| metric | production | candidate | tolerance |", "|---|---|---|---|", *rows]
-    return "\n".join([f"## Release gate: {verdict}", f"production: {decision.production_release or 'none'}", "",
-                      *table, "", *[f"- {r}" for r in decision.reasons]])
+    production = decision.baseline or decision.production_release or "none"
+    return "\n".join([f"## Release gate: {verdict}", f"production: {production}", "", *table, "",
+                      *[f"- {r}" for r in decision.reasons]])
 
 
 def _fmt(value: float | None) -> str:

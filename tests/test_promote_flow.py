@@ -89,6 +89,7 @@ def test_promote_serve_refuse_force_rollback(env: Settings, tmp_path: Path, mode
     first = promote_release(promotion.Candidate(collection=g1, checkpoint=str(checkpoint)),
                             gate(env, tmp_path), settings=env)
     assert first["promoted"] and "first release" in first["decision"]["reasons"][0]
+    assert first["decision"]["production"]["retrieval.hit@k"] == 0.0  # no index: the first release's baseline
     before = ask(env, QUESTIONS["rockets"])
     assert before["release"] == first["release_id"] and before["collection"] == g1
     assert before["model"].startswith("checkpoint:sha256-")
@@ -185,7 +186,8 @@ def test_retention_keeps_the_last_n_and_drops_old_generations(env: Settings) -> 
 
 
 def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, model_cache: Path) -> None:
-    """Candidate and production models scored on the same eval split in the same run: a worse one is refused."""
+    """Candidate and production models scored on the same eval split in the same run: a worse one is
+    refused, on the first release (production: the base model, no index) as on later ones."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -201,9 +203,6 @@ def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, mo
     files = {"train.jsonl": encode_jsonl(rows), "eval.jsonl": encode_jsonl(rows)}
     version = version_id(files)
     publish_version(env, "tiny", files, {"version": version, "files": file_entries(files), "gate": {"success": True}})
-    first = promote_release(promotion.Candidate(collection=build_generation(env, PAGES)), settings=env)
-    assert first["promoted"]  # production: this index and the base model
-
     tokenizer = AutoTokenizer.from_pretrained(generator_source(model_cache).path)
     torch.manual_seed(0)  # an untrained 2-layer model with SmolLM2's tokenizer: certainly worse
     worse = tmp_path / "untrained"
@@ -211,10 +210,30 @@ def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, mo
                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                                  max_position_embeddings=512)).save_pretrained(worse)
     tokenizer.save_pretrained(worse)
+    store = S3Store(env)
+    model_gate = gate(env, tmp_path).model_copy(update={"model_dataset": version})
+    generation = build_generation(env, PAGES)
+
+    refused_first = promote_release(promotion.Candidate(collection=generation, checkpoint=str(worse)), model_gate,
+                                    settings=env)
+    decision = refused_first["decision"]
+    assert not refused_first["promoted"] and decision["production_release"] is None
+    assert "gated against the base model and no index" in decision["reasons"][0]
+    assert decision["candidate"]["model.loss"] > decision["production"]["model.loss"] + 1
+    assert any(r.startswith("REGRESSED: model.loss") for r in decision["reasons"])
+    assert decision["production"]["retrieval.hit@k"] == 0.0 < decision["candidate"]["retrieval.hit@k"]
+    assert read_pointer(store) is None and list(store.list("")) == []  # a refused first release writes nothing
+
+    first = promote_release(promotion.Candidate(collection=generation), model_gate, settings=env)
+    assert first["promoted"]  # production: this index and the base model
+    gate_record = list_releases(store)[0].manifest.gate  # both sides recorded in the manifest
+    assert gate_record.baseline == promotion.BASELINE and gate_record.production["retrieval.hit@k"] == 0.0
+    assert gate_record.production["model.loss"] == gate_record.candidate["model.loss"]  # the base model, both sides
+
     refused = promote_release(promotion.Candidate(checkpoint=str(worse)),
                               promotion.GateConfig(model_dataset=version), settings=env)
     decision = refused["decision"]
-    assert not refused["promoted"]
+    assert not refused["promoted"] and decision["production_release"] == first["release_id"]
     assert decision["candidate"]["model.loss"] > decision["production"]["model.loss"] + 1
     assert any(r.startswith("REGRESSED: model.loss") for r in decision["reasons"])
-    assert read_pointer(S3Store(env)).release_id == first["release_id"]  # type: ignore[union-attr]
+    assert read_pointer(store).release_id == first["release_id"]  # type: ignore[union-attr]

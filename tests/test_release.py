@@ -24,10 +24,18 @@ TOL = {"retrieval.hit@k": 0.02, "model.loss": 0.05}
 
 
 # --- the gate decision (pure) -------------------------------------------------------------------------
-def test_first_release_is_promoted_without_production() -> None:
-    decision = gate.decide({"retrieval.hit@k": 0.5}, None, TOL)
-    assert decision.promote and not decision.forced
-    assert "first release" in decision.reasons[0]
+def test_first_release_is_gated_against_the_baseline() -> None:
+    """No production release: production's metrics are the base model's and no index's, compared like any."""
+    baseline = {"retrieval.hit@k": 0.0, "model.loss": 1.90}
+    worse = gate.decide({"retrieval.hit@k": 0.5, "model.loss": 2.40}, baseline, TOL, baseline="the base model")
+    assert not worse.promote and worse.production_release is None and worse.baseline == "the base model"
+    assert "first release is gated against the base model" in worse.reasons[0]
+    assert any(r.startswith("REGRESSED: model.loss 1.9000 -> 2.4000") for r in worse.reasons)
+    better = gate.decide({"retrieval.hit@k": 0.5, "model.loss": 1.80}, baseline, TOL, baseline="the base model")
+    assert better.promote and better.production == baseline
+    assert "production: the base model" in gate.decision_markdown(better)
+    later = gate.decide({"model.loss": 1.8}, {"model.loss": 1.9}, TOL, production_release="r1")
+    assert later.baseline == "release r1" and not later.reasons[0].startswith("no production")
 
 
 def test_regression_beyond_tolerance_is_refused_with_a_reason_per_metric() -> None:
@@ -48,9 +56,9 @@ def test_within_tolerance_and_improvements_are_promoted() -> None:
 
 
 def test_missing_candidate_metric_refuses_and_force_is_recorded() -> None:
-    refused = gate.decide({}, {"retrieval.hit@k": 0.7}, TOL)
+    refused = gate.decide({}, {"retrieval.hit@k": 0.7}, TOL, production_release="r1")
     assert not refused.promote and refused.reasons[0].startswith("MISSING")
-    forced = gate.decide({}, {"retrieval.hit@k": 0.7}, TOL, force=True)
+    forced = gate.decide({}, {"retrieval.hit@k": 0.7}, TOL, force=True, production_release="r1")
     assert forced.promote and forced.forced and forced.reasons[-1].startswith("FORCED")
 
 
