@@ -70,6 +70,11 @@ class AnswerSettings(BaseModel):
     prompt_tokens: int = Field(1024, ge=128, description="Prompt budget (system + context + question) in tokens; "
                                "prefill costs seconds per thousand tokens on a CPU.")
     max_new_tokens: int = Field(160, ge=1, le=2048, description="Most tokens an answer may have.")
+    repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="Serving: divides the score of tokens the "
+                                      "answer already used (1 = plain greedy); documents, question, digits and "
+                                      "punctuation are exempt, so quoting a source or a number stays possible.")
+    no_repeat_ngram: int = Field(4, ge=0, description="Serving: a run of this many tokens may occur only once in an "
+                                 "answer (0 = off); counted over the answer only.")
     max_question_chars: int = Field(2000, ge=1, description="Longer questions are refused.")
     api_token: SecretStr = Field(SecretStr(""), description="Bearer token the API requires; empty = no auth.")
     max_request_bytes: int = Field(16_384, ge=256, description="Larger API request bodies are refused (413).")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ragtune.settings import Settings
-from tasks.generation import Citation, GenerationStats, Generator, cite, load_generator, stream_answer
+from tasks.generation import Citation, Decoding, GenerationStats, Generator, cite, load_generator, stream_answer
 from tasks.prompting import Prompt, build_prompt
 from tasks.retrieval import Retrieval, retrieve
 from tasks.serving import Serving, resolve_serving
@@ -57,15 +57,15 @@ class AnswerStream:
     """Iterate for the answer's text pieces; ``answer`` is complete once the iteration ends."""
 
     def __init__(self, question: str, serving: Serving, gen: Generator, found: Retrieval, prompt: Prompt,
-                 max_new_tokens: int):
+                 max_new_tokens: int, decoding: Decoding | None = None):
         self.question, self.serving, self.gen, self.found, self.prompt = question, serving, gen, found, prompt
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.decoding = max_new_tokens, decoding
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
         stats = GenerationStats()
         pieces: list[str] = []
-        for piece in stream_answer(self.gen, self.prompt, self.max_new_tokens, stats):
+        for piece in stream_answer(self.gen, self.prompt, self.max_new_tokens, stats, self.decoding):
             pieces.append(piece)
             yield piece
         self.answer = self._finish("".join(pieces).strip(), stats)
@@ -102,4 +102,5 @@ def ask(settings: Settings, question: str, k: int | None = None, mode: str | Non
     new_tokens = max_new_tokens or settings.answer.max_new_tokens
     budget = min(settings.answer.prompt_tokens, gen.context_tokens - new_tokens)
     prompt = build_prompt(gen.tokenizer, question, found.hits, budget)
-    return AnswerStream(question, serving, gen, found, prompt, new_tokens)
+    decoding = Decoding(settings.answer.repetition_penalty, settings.answer.no_repeat_ngram)
+    return AnswerStream(question, serving, gen, found, prompt, new_tokens, decoding)

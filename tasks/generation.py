@@ -1,5 +1,9 @@
 """The generator: loaded once per process, greedy decoding, streamed token by token, citations mapped back.
 
+Serving guards greedy decoding against loops (a 135M model repeats itself): a repetition penalty and a
+no-repeat n-gram rule, both counted over the answer only, so quoting the prompt's documents stays
+possible. Model evaluation decodes plainly (tasks/model_eval), so its metrics measure the model itself.
+
 Generation runs in a worker thread feeding a ``TextIteratorStreamer`` so the CLI and the API can show
 tokens as they come; a failure inside that thread is re-raised in the caller, never a hung stream.
 """
@@ -7,6 +11,7 @@ tokens as they come; a failure inside that thread is re-raised in the caller, ne
 from __future__ import annotations
 
 import re
+import string
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +51,14 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """Loop guards for greedy decoding; the defaults (1.0, 0) are plain greedy decoding."""
+
+    repetition_penalty: float = 1.0  # > 1 lowers the score of tokens the answer already used
+    no_repeat_ngram: int = 0  # an n-gram of this many tokens may occur once in the answer; 0 = off
+
+
+@dataclass(frozen=True)
 class Citation:
     n: int
     uri: str
@@ -68,9 +81,10 @@ def load_generator(path: str, name: str) -> Generator:
 
 
 def stream_answer(
-    gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None
+    gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,
+    decoding: Decoding | None = None,
 ) -> Iterator[str]:
-    """Yield the answer's text pieces as they are generated (greedy decoding)."""
+    """Yield the answer's text pieces as they are generated (greedy decoding, loop guards per ``decoding``)."""
     import torch
 
     stats = stats if stats is not None else GenerationStats()
@@ -81,6 +95,7 @@ def stream_answer(
         "input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": max_new_tokens,
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
         "streamer": streamer, "pad_token_id": gen.tokenizer.eos_token_id,
+        "logits_processor": answer_processors(decoding or Decoding(), prompt.n_tokens, gen.tokenizer),
     }
     errors: list[BaseException] = []
     start = time.perf_counter()
@@ -97,8 +112,67 @@ def stream_answer(
         raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
 
 
-def generate_answer(gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None) -> str:
-    return "".join(stream_answer(gen, prompt, max_new_tokens, stats))
+def generate_answer(gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,
+                    decoding: Decoding | None = None) -> str:
+    return "".join(stream_answer(gen, prompt, max_new_tokens, stats, decoding))
+
+
+def answer_processors(decoding: Decoding, prompt_tokens: int, tokenizer: Any) -> Any:
+    """The loop guard for ``decoding`` as a logits-processor list (empty for plain greedy decoding).
+
+    transformers' own ``repetition_penalty``/``no_repeat_ngram_size`` count the prompt too, so they
+    would forbid copying a phrase from a retrieved document, which is what a grounded answer does.
+    """
+    from transformers import LogitsProcessorList
+
+    if decoding.repetition_penalty == 1.0 and decoding.no_repeat_ngram <= 0:
+        return LogitsProcessorList()
+    return LogitsProcessorList([AnswerLoopGuard(decoding, prompt_tokens, exempt_tokens(tokenizer))])
+
+
+class AnswerLoopGuard:
+    """Repetition penalty and no-repeat n-grams over the answer's tokens only (those after the prompt).
+
+    Digit and punctuation tokens are exempt: SmolLM2 spells numbers digit by digit, so penalising a
+    used "0" turns "90 minutes" into "9 minutes" once "3000" was written; citations repeat "[" and "]".
+    """
+
+    def __init__(self, decoding: Decoding, prompt_tokens: int, exempt: frozenset[int]):
+        self.penalty, self.n = decoding.repetition_penalty, decoding.no_repeat_ngram
+        self.prompt_tokens, self.exempt = prompt_tokens, exempt
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for row, ids in enumerate(input_ids[:, self.prompt_tokens :].tolist()):
+            used = sorted(set(ids) - self.exempt)
+            if used and self.penalty != 1.0:  # as transformers does: a lower logit either way
+                picked = scores[row, used]
+                scores[row, used] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+            banned = self.repeats(ids)
+            if banned:
+                scores[row, sorted(banned)] = -float("inf")
+        return scores
+
+    def repeats(self, ids: list[int]) -> set[int]:
+        """Tokens that would complete an n-gram the answer already holds (all-exempt n-grams may repeat)."""
+        n = self.n
+        if n <= 0 or len(ids) < n:
+            return set()
+        prefix = ids[len(ids) - n + 1 :]
+        found = {ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix}
+        if all(t in self.exempt for t in prefix):
+            found -= self.exempt
+        return found
+
+
+@lru_cache(maxsize=4)
+def exempt_tokens(tokenizer: Any) -> frozenset[int]:
+    """Token ids spelling only digits, punctuation and spaces (SmolLM2's byte-level BPE marks a space Ġ)."""
+    allowed = set(string.digits + string.punctuation + " ")
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return frozenset(i for i, p in enumerate(pieces)
+                     if p and set(p.replace("Ġ", " ").replace("Ċ", " ")) <= allowed)
 
 
 def parse_citations(text: str, sources: list[Hit]) -> list[Citation]:

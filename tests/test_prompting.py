@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from tasks.generation import attribute_by_overlap, generate_answer, load_generator, parse_citations
+from tasks.generation import (
+    AnswerLoopGuard,
+    Decoding,
+    answer_processors,
+    attribute_by_overlap,
+    exempt_tokens,
+    generate_answer,
+    load_generator,
+    parse_citations,
+)
 from tasks.models import configure_torch, generator_source
 from tasks.prompting import SYSTEM_PROMPT, PromptTooLongError, build_prompt, context_messages
 from tasks.types import Hit
@@ -64,6 +73,39 @@ def test_an_injected_document_does_not_change_the_answer(generator: Any) -> None
     assert "90 minutes" in clean
     assert "PWNED" not in attacked.upper()
     assert attacked == clean
+
+
+def test_loop_guards_count_the_answer_only() -> None:
+    import torch
+
+    prompt = [11, 12, 13, 14]
+    guard = AnswerLoopGuard(Decoding(repetition_penalty=2.0, no_repeat_ngram=3), len(prompt), frozenset({7}))
+    quoting = guard(torch.tensor([[*prompt, 11, 12]]), torch.ones(1, 50))
+    assert quoting[0, 13] == 1.0  # "11 12 13" is in the prompt: quoting a document stays allowed
+    assert quoting[0, 11] == quoting[0, 12] == 0.5 and quoting[0, 14] == 1.0  # only the answer's tokens are penalised
+    looping = guard(torch.tensor([[*prompt, 21, 22, 23, 21, 22]]), -torch.ones(1, 50))
+    assert looping[0, 23] == -float("inf") and looping[0, 21] == -2.0  # the answer's own loop is cut
+    digits = guard(torch.tensor([[*prompt, 7, 7, 7, 7]]), torch.ones(1, 50))
+    assert digits[0, 7] == 1.0  # exempt tokens (digits, punctuation) repeat freely: "1,000,000", "[1] ... [1]"
+
+
+def test_exempt_tokens_are_digits_and_punctuation(generator: Any) -> None:
+    tok = generator.tokenizer
+    exempt = exempt_tokens(tok)
+    ids = tok("3000 and 90 minutes [1].", add_special_tokens=False)["input_ids"]
+    assert [tok.convert_ids_to_tokens(i) for i in ids if i in exempt] == ["3", "0", "0", "0", "Ġ", "9", "0", "Ġ[",
+                                                                          "1", "]."]
+    assert len(answer_processors(Decoding(), 4, tok)) == 0  # the defaults are plain greedy decoding
+
+
+def test_serving_decoding_still_quotes_the_document(generator: Any) -> None:
+    from ragtune.settings import AnswerSettings
+
+    cfg = AnswerSettings()
+    prompt = build_prompt(generator.tokenizer, "How long does the Zorblax 3000 battery last?",
+                          [hit(BATTERY, "manual.md"), hit(HOURS, "h.md")], 1024)
+    answer = generate_answer(generator, prompt, 32, decoding=Decoding(cfg.repetition_penalty, cfg.no_repeat_ngram))
+    assert "90 minutes" in answer
 
 
 def test_citations_map_to_the_prompt_chunks() -> None:
