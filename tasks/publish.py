@@ -1,9 +1,10 @@
 """Upload a release's files to S3 and prove they landed; download them back, verified, for serving.
 
 Keys are content-addressed (``checkpoints/sha256-<hash>/...``, ``indexes/<gen>/<snapshot_id>/...``),
-so a re-run re-uploads nothing that already verifies and a promotion is idempotent. Verification
-compares the server's ETag (its MD5 of the bytes it holds; for multipart, the MD5 of the part MD5s)
-with the one computed locally: an object whose bytes were overwritten is caught without a download.
+so a re-run re-uploads nothing that already verifies and a promotion is idempotent. Uploads carry S3's
+sha256 checksum; verification (``tasks.checksums``) compares the server's checksum, else its MD5 ETag,
+with the values computed locally, and reads the bytes back only where neither proves anything
+(SSE-KMS/SSE-C without S3 checksums). The manifest records size, sha256, ETag and checksum.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.checksums import Expected
 from tasks.release import CheckpointRef, StoredFile
-from tasks.s3 import S3Error, S3Store, file_sha256
+from tasks.s3 import S3Store, file_sha256
 
 log = logging.getLogger(__name__)
 # Training state (optimizer, scheduler, RNG) is for resuming, not serving: it is not released.
@@ -26,9 +28,11 @@ _TRAINING_STATE = ("optimizer", "scheduler", "rng_state", "random_states", "scal
 class LocalFile:
     name: str
     path: Path
-    size: int
-    sha256: str
-    etag: str
+    expected: Expected
+
+    @property
+    def sha256(self) -> str:
+        return self.expected.sha256
 
 
 @dataclass
@@ -37,13 +41,14 @@ class UploadReport:
     uploaded: int = 0
     reused: int = 0
     replaced: list[str] = field(default_factory=list)  # existing objects that no longer verified
+    proofs: dict[str, str] = field(default_factory=dict)  # key -> how its bytes were proven (tasks.checksums)
 
 
 def describe_files(store: S3Store, root: Path, names: list[str]) -> list[LocalFile]:
     out = []
     for name in sorted(names):
         path = root / name
-        out.append(LocalFile(name, path, path.stat().st_size, file_sha256(path), store.expected_etag(path)))
+        out.append(LocalFile(name, path, store.expected(path)))
     return out
 
 
@@ -63,28 +68,23 @@ def content_id(files: list[LocalFile]) -> str:
 
 
 def upload_files(store: S3Store, prefix: str, files: list[LocalFile]) -> UploadReport:
-    """Upload each file unless an identical object is already there; verify every object afterwards."""
+    """Upload each file unless an identical object is already there; every object verified."""
     report = UploadReport(files=[])
     for f in files:
         key = f"{prefix}/{f.name}"
-        head = store.head(key)
-        if head is not None and _matches(head, f.size, f.sha256, f.etag):
+        found = store.verify(key, f.expected)
+        if found is not None and found.ok:
             report.reused += 1
         else:
-            if head is not None:
-                log.warning("%s exists but does not verify (corrupt or overwritten): uploading it again", key)
+            if found is not None:
+                log.warning("%s exists but does not verify (%s): uploading it again", key, found.check.how)
                 report.replaced.append(key)
-            store.put_file(key, f.path, sha256=f.sha256)
+            found = store.upload_verified(key, f.path, f.expected)  # raises S3Error when it does not verify
             report.uploaded += 1
-            head = store.head(key)
-            if head is None or not _matches(head, f.size, f.sha256, f.etag):
-                raise S3Error(f"{store.uri(key)} did not verify after upload (ETag/size/sha256 differ)")
-        report.files.append(StoredFile(key=key, size=f.size, sha256=f.sha256, etag=f.etag))
+        report.proofs[key] = found.check.how
+        report.files.append(StoredFile(key=key, size=f.expected.size, sha256=f.sha256, etag=found.head["etag"],
+                                       checksum=found.head.get("checksum_sha256") or ""))
     return report
-
-
-def _matches(head: dict[str, object], size: int, sha256: str, etag: str) -> bool:
-    return head.get("size") == size and head.get("sha256") == sha256 and head.get("etag") == etag
 
 
 def upload_checkpoint(store: S3Store, root: Path) -> tuple[CheckpointRef, UploadReport]:

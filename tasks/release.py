@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.checksums import Expected
 from tasks.s3 import S3Error, S3Store
 
 RELEASES = "releases"
@@ -33,12 +34,16 @@ class ReleaseError(RuntimeError):
 
 
 class StoredFile(BaseModel):
-    """One object a release needs, with what it must hash to."""
+    """One object a release needs, with what it must hash to and what S3 said once it verified."""
 
     key: str
     size: int
     sha256: str
     etag: str = ""
+    checksum: str = Field(default="", description="S3's x-amz-checksum-sha256 (composite '-N' for multipart).")
+
+    def expected(self) -> Expected:
+        return Expected(self.size, self.sha256, self.etag, self.checksum)
 
 
 class IndexSnapshot(BaseModel):
@@ -241,15 +246,15 @@ def list_releases(store: S3Store, include_unserved: bool = False) -> list[Releas
 def verify_stored(store: S3Store, files: list[StoredFile]) -> list[str]:
     """Problems with a release's objects (missing, wrong size, bytes changed): empty when all verify.
 
-    The ETag is the server's MD5 of the bytes it holds, so an overwrite is seen without a download.
+    From each object's HEAD response (S3 sha256 checksum, or MD5 ETag, or the ETag recorded at publish),
+    so an overwrite is seen without a download; read back only where the response proves nothing.
     """
     problems = []
     for entry in files:
-        head = store.head(entry.key)
-        if head is None:
+        found = store.verify(entry.key, entry.expected())
+        if found is None:
             problems.append(f"{entry.key}: missing")
-        elif head["size"] != entry.size or head.get("sha256") != entry.sha256 or (
-                entry.etag and head["etag"] != entry.etag):
+        elif not found.ok:
             problems.append(f"{entry.key}: checksum mismatch (corrupt or overwritten)")
     return problems
 

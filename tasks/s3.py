@@ -7,7 +7,7 @@ message that names the endpoint and bucket but never a credential.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ChunksizeAdjuster
 
 from ragtune.settings import Settings
+from tasks.checksums import Check, Expected, Verdict, check_head, file_checksums
 
 SHA256_META = "sha256"
 
@@ -34,6 +35,25 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: datetime
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An incomplete multipart upload: its parts cost storage but no listing of objects shows them."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class Verified:
+    check: Check
+    head: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.check.verdict is Verdict.VERIFIED
 
 
 @dataclass(frozen=True)
@@ -102,40 +122,71 @@ class S3Store:
             raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
 
     def put_bytes(self, relative: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write an object; the server checks the sha256 it receives (an additional checksum)."""
         digest = hashlib.sha256(data).hexdigest()
         self._call("put", self._client.put_object, Bucket=self.bucket, Key=self.key(relative), Body=data,
-                   ContentType=content_type, Metadata={SHA256_META: digest})
+                   ContentType=content_type, Metadata={SHA256_META: digest}, ChecksumAlgorithm="SHA256")
         return digest
 
     def get_bytes(self, relative: str, verify: bool = True) -> bytes:
-        resp = self._call("get " + relative, self._client.get_object, Bucket=self.bucket, Key=self.key(relative))
+        resp = self._call("get " + relative, self._client.get_object, Bucket=self.bucket, Key=self.key(relative),
+                          ChecksumMode="ENABLED")
         data: bytes = resp["Body"].read()
         expected = resp.get("Metadata", {}).get(SHA256_META)
         if verify and expected and hashlib.sha256(data).hexdigest() != expected:
             raise S3Error(f"checksum mismatch for {self.uri(relative)}: the object is corrupt")
         return data
 
-    def put_file(self, relative: str, path: Path, sha256: str | None = None) -> str:
-        """Upload (multipart above the threshold) and verify by reading the stored checksum back."""
-        digest = sha256 or file_sha256(path)
-        self._call("upload " + relative, self._client.upload_file, Filename=str(path), Bucket=self.bucket,
-                   Key=self.key(relative), ExtraArgs={"Metadata": {SHA256_META: digest}}, Config=self._transfer)
-        head = self.head(relative)
-        if head is None or head.get("size") != path.stat().st_size or head.get("sha256") != digest:
-            raise S3Error(f"upload of {self.uri(relative)} did not verify (size or sha256 differs)")
-        return digest
+    def put_file(self, relative: str, path: Path, expected: Expected | None = None) -> str:
+        """Upload (multipart above the threshold) and verify what the server holds; returns the sha256."""
+        expected = expected or self.expected(path)
+        self.upload_verified(relative, path, expected)
+        return expected.sha256
 
-    def expected_etag(self, path: Path) -> str:
-        """The ETag an upload of ``path`` by ``put_file`` gets: the MD5 of the bytes, or for a multipart
-        upload the MD5 of the part MD5s and the part count. Comparing it with ``head`` proves the bytes
-        the server holds without downloading them."""
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            if size < self._transfer.multipart_threshold:
-                return hashlib.md5(fh.read(), usedforsecurity=False).hexdigest()
-            part = ChunksizeAdjuster().adjust_chunksize(self._transfer.multipart_chunksize, size)
-            md5s = [hashlib.md5(b, usedforsecurity=False).digest() for b in iter(lambda: fh.read(part), b"")]
-        return f"{hashlib.md5(b''.join(md5s), usedforsecurity=False).hexdigest()}-{len(md5s)}"
+    def upload_verified(self, relative: str, path: Path, expected: Expected | None = None) -> Verified:
+        """Upload with S3's sha256 checksum (per part for multipart), then prove the stored bytes: by that
+        checksum, by an MD5 ETag, or by reading them back (``tasks.checksums``)."""
+        expected = expected or self.expected(path)
+        self._call("upload " + relative, self._client.upload_file, Filename=str(path), Bucket=self.bucket,
+                   Key=self.key(relative), Config=self._transfer,
+                   ExtraArgs={"Metadata": {SHA256_META: expected.sha256}, "ChecksumAlgorithm": "SHA256"})
+        verified = self.verify(relative, expected)
+        if verified is None or not verified.ok:
+            how = verified.check.how if verified else "missing after upload"
+            raise S3Error(f"upload of {self.uri(relative)} did not verify ({how} differs)")
+        return verified
+
+    def expected(self, path: Path) -> Expected:
+        """Size, sha256, ETag and S3 checksum an upload of ``path`` by this store gets (same part size)."""
+        return file_checksums(path, self.part_size(path.stat().st_size))
+
+    def part_size(self, size: int) -> int | None:
+        """The part size of a multipart upload of ``size`` bytes; None below the threshold (one PUT)."""
+        if size < self._transfer.multipart_threshold:
+            return None
+        return int(ChunksizeAdjuster().adjust_chunksize(self._transfer.multipart_chunksize, size))
+
+    def verify(self, relative: str, expected: Expected) -> Verified | None:
+        """Whether the stored object is ``expected`` (None: no such object); reads it back only when its
+        HEAD response proves nothing (SSE-KMS/SSE-C without an S3 checksum)."""
+        head = self.head(relative)
+        if head is None:
+            return None
+        check = check_head(head, expected)
+        if check.verdict is Verdict.READ_BACK:
+            same = self.read_sha256(relative) == expected.sha256
+            check = Check(Verdict.VERIFIED if same else Verdict.MISMATCH, "sha256 of the bytes read back")
+        return Verified(check, head)
+
+    def read_sha256(self, relative: str) -> str:
+        resp = self._call("get " + relative, self._client.get_object, Bucket=self.bucket, Key=self.key(relative))
+        digest = hashlib.sha256()
+        try:
+            for block in resp["Body"].iter_chunks(1 << 20):
+                digest.update(block)
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 read of {relative} failed at {self.endpoint}: {type(exc).__name__}") from None
+        return digest.hexdigest()
 
     def download_file(self, relative: str, path: Path, sha256: str | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +200,9 @@ class S3Store:
         return path
 
     def head(self, relative: str) -> dict[str, Any] | None:
+        """Size, ETag, sha256 metadata, S3 sha256 checksum and encryption of an object (None: absent)."""
         try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=self.key(relative))
+            resp = self._client.head_object(Bucket=self.bucket, Key=self.key(relative), ChecksumMode="ENABLED")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -158,7 +210,8 @@ class S3Store:
         except BotoCoreError as exc:
             raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
         return {"size": resp["ContentLength"], "etag": resp["ETag"].strip('"'),
-                "sha256": resp.get("Metadata", {}).get(SHA256_META)}
+                "sha256": resp.get("Metadata", {}).get(SHA256_META), "checksum_sha256": resp.get("ChecksumSHA256"),
+                "sse": resp.get("ServerSideEncryption"), "sse_customer": resp.get("SSECustomerAlgorithm")}
 
     def exists(self, relative: str) -> bool:
         return self.head(relative) is not None
@@ -177,11 +230,29 @@ class S3Store:
         except BotoCoreError as exc:
             raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
 
-    def delete(self, relatives: list[str]) -> int:
+    def delete(self, relatives: Sequence[str]) -> int:
         for start in range(0, len(relatives), 1000):
             batch = [{"Key": self.key(r)} for r in relatives[start:start + 1000]]
             self._call("delete", self._client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch})
         return len(relatives)
+
+    def list_uploads(self, relative_prefix: str = "") -> Iterator[Upload]:
+        """Incomplete multipart uploads under a prefix (a killed or failed upload leaves them)."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        strip = len(self.key("")) if self.prefix else 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(relative_prefix)):
+                for up in page.get("Uploads", []):
+                    yield Upload(up["Key"][strip:], up["UploadId"], up["Initiated"])
+        except ClientError as exc:
+            raise self._client_error("list_multipart_uploads", exc) from None
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Abort an incomplete multipart upload: the server frees its parts."""
+        self._call("abort_multipart_upload", self._client.abort_multipart_upload, Bucket=self.bucket,
+                   Key=self.key(upload.key), UploadId=upload.upload_id)
 
 
 def file_sha256(path: Path) -> str:

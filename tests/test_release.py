@@ -196,7 +196,8 @@ def test_checkpoint_upload_multipart_verified_and_rerun_reuses(s3_settings: Sett
     assert report.uploaded == 3 and report.reused == 0
     assert sorted(f.key.rsplit("/", 1)[1] for f in ref.files) == ["config.json", "model.safetensors", "tokenizer.json"]
     weights = next(f for f in ref.files if f.key.endswith(".safetensors"))
-    assert weights.etag.endswith("-3")  # three 5 MiB parts: the multipart path, verified by ETag
+    assert weights.etag.endswith("-3") and weights.checksum.endswith("-3")  # three 5 MiB parts: multipart
+    assert set(report.proofs.values()) == {"x-amz-checksum-sha256"}  # SeaweedFS keeps S3 sha256 checksums
     assert rel.verify_stored(store, ref.files) == []
     again, report2 = upload_checkpoint(store, ckpt)
     assert again == ref and report2.uploaded == 0 and report2.reused == 3
