@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -33,13 +34,17 @@ def finetune_model(dataset: str, profile: str = "", preset: str = "", method: st
     settings = get_settings()
     version = accepted_dataset(settings, dataset)  # refuses a version whose gate did not pass
     t = settings.training
+    started = time.monotonic()
     run = train_model(settings, version.path, version.version, profile or t.profile, preset or t.preset,
                       method or t.method, resume, overrides)
-    summary: dict[str, Any] = {"dataset": version.version, "run_dir": str(run.run_dir), **run.result}
+    summary: dict[str, Any] = {"dataset": version.version, "run_dir": str(run.run_dir), **run.result,
+                               "train_s": round(time.monotonic() - started, 1)}
     if evaluate and run.result.get("event") == "result":
+        started = time.monotonic()
         report = evaluate_models(settings, run.model_dir, version.eval_path)
         create_markdown_artifact(report_markdown(report), key="model-eval", description="base vs candidate")
         summary["eval"] = {"base": report["base"], "candidate": report["candidate"]}
+        summary["eval_s"] = round(time.monotonic() - started, 1)
     get_run_logger().info("fine-tuned %s on %s: %s", method or t.method, version.version[:12], run.model_dir)
     return summary
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +33,29 @@ def release_pipeline(params: ReleaseParams = ReleaseParams()) -> dict[str, Any]:
         params: what to index, what to train on, and how the candidate is gated.
     """
     collection = params.collection or get_settings().milvus.collection
-    stages: dict[str, Any] = {"ingest": ingest_documents(params.docs, collection=collection)}
-    _log("ingest", stages["ingest"])
-    stages["dataset"] = build_dataset(params.examples, params.mapping, collection if params.grounded else None)
-    _log("dataset", stages["dataset"])
-    stages["finetune"] = finetune_model(stages["dataset"]["version"], params.profile, params.preset, params.method,
-                                        evaluate=params.evaluate)
-    model_dir = _model_dir(stages["finetune"])
+    stages: dict[str, Any] = {}
+    _stage(stages, "ingest", ingest_documents, params.docs, collection=collection)
+    _stage(stages, "dataset", build_dataset, params.examples, params.mapping, collection if params.grounded else None)
+    finetune = _stage(stages, "finetune", finetune_model, stages["dataset"]["version"], params.profile, params.preset,
+                      params.method, evaluate=params.evaluate)
+    model_dir = _model_dir(finetune)
     stages["curves"] = publish_training_curves(model_dir)
-    _log("finetune", stages["finetune"])
-    stages["evaluate"] = stages["finetune"].get("eval", {})  # base vs candidate, same prompts (model-eval artifact)
+    # base vs candidate, same prompts (the model-eval artifact); timed inside finetune_model
+    stages["evaluate"] = {**finetune.get("eval", {}), "seconds": finetune.get("eval_s")}
     _log("evaluate", stages["evaluate"])
     candidate = Candidate(collection=collection, checkpoint=model_dir, dataset_version=stages["dataset"]["version"],
                           gx_success=stages["dataset"]["passed"])
     gate = GateConfig(questions=params.gate_questions, model_dataset=stages["dataset"]["version"])
-    stages["promote"] = promote_release(candidate, gate, force=params.force)
-    _log("promote", stages["promote"])
+    _stage(stages, "promote", promote_release, candidate, gate, force=params.force)
     return stages
+
+
+def _stage(stages: dict[str, Any], name: str, run: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one stage (a subflow), note its wall seconds, log its summary as it lands."""
+    started = time.monotonic()
+    stages[name] = {**run(*args, **kwargs), "seconds": round(time.monotonic() - started, 1)}
+    _log(name, stages[name])
+    return dict(stages[name])
 
 
 def _model_dir(finetune: dict[str, Any]) -> str:
@@ -67,12 +74,14 @@ def stage_summary(stage: str, result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a person reads per stage (the full result stays in the run's return value)."""
     keys = {"ingest": ("added", "updated", "deleted", "unchanged", "quarantined", "chunks_written", "counts"),
             "dataset": ("version", "passed", "reused", "counts", "warnings"),
-            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "world_size", "tokens_per_s"),
+            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "stopped_early", "world_size",
+                         "tokens_per_s", "train_s"),
             "evaluate": ("base", "candidate"),
             "promote": ("promoted", "unchanged", "release_id", "forced")}[stage]
-    summary = {k: result[k] for k in keys if k in result}
+    summary = {k: result[k] for k in (*keys, "seconds") if k in result}
     if stage == "evaluate":
-        summary = {who: {m: v for m, v in scores.items() if m in EVAL_METRICS} for who, scores in summary.items()}
+        summary = {who: {m: v for m, v in scores.items() if m in EVAL_METRICS} if isinstance(scores, dict) else scores
+                   for who, scores in summary.items()}
     if stage == "promote":
         summary["reasons"] = result.get("decision", {}).get("reasons", [])
     return summary

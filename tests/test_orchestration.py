@@ -138,6 +138,24 @@ def test_stage_summaries_keep_what_a_person_reads() -> None:
     assert STAGES == ("ingest", "dataset", "finetune", "evaluate", "promote")
 
 
+def test_demo_summary_shows_base_vs_candidate_and_says_when_the_gate_refused() -> None:
+    from ragtune.commands.demo import _human
+
+    stages = {"evaluate": {"base": {"loss": 2.1, "token_f1": 0.14}, "candidate": {"loss": 2.4, "token_f1": 0.08},
+                           "seconds": 61.0},
+              "promote": {"promoted": False, "release_id": None, "reasons": ["REGRESSED: model.token_f1"]}}
+    answer = {"text": "A generation is ... [1].", "release_id": None, "model": "SmolLM2",
+              "cited": [{"n": 1, "uri": "docs/architecture.md", "how": "model"}]}
+    result = {"stages": stages, "answer": answer, "promoted_release": None, "wall_s": 600.0, "ui_url": "http://u",
+              "stop": "ragtune stack down", "seconds": {"stack": 20.0, "pipeline": 560.0, "ask": 20.0}}
+    text = _human(result)
+    assert "token_f1                0.140      0.080" in text
+    assert "NO promoted release (the gate refused the candidate); served by release none" in text
+    assert "cited: [1] docs/architecture.md" in text and "REGRESSED: model.token_f1" in text
+    promoted = {**result, "promoted_release": "r-1", "answer": {**answer, "release_id": "r-1"}}
+    assert "answer (release r-1, model SmolLM2)" in _human(promoted)
+
+
 def test_cli_refuses_clearly_without_a_server_or_inputs(tmp_path: Path) -> None:
     ragtune = str(Path(reg.PREFECT).parent / "ragtune")
     dead = f"http://127.0.0.1:{stack.free_port()}/api"

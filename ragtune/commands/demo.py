@@ -37,17 +37,43 @@ def demo(
     preset: str = typer.Option("demo", "--preset", help="Training preset (tasks/training/config.py)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the whole loop once and ask the result a question; the stack keeps running for the UI."""
+    """Run the whole loop once and ask the result a question; the stack keeps running for the UI.
+
+    Exit code 3 when the release gate refused the fine-tuned model: the demo says so and shows what serves instead.
+    """
     started = time.monotonic()
     for path in (docs, examples):
         if not path.exists():
             raise UserError(f"{path} does not exist")
-    settings = _start_stack()
-    stages = _run_pipeline(docs, examples, preset)
-    answer = _ask(question)
-    result = {"stages": stages, "answer": answer, "ui_url": f"http://127.0.0.1:{settings.prefect.port}",
-              "stop": "ragtune stack down   (or: make stack-down)", "wall_s": round(time.monotonic() - started, 1)}
+    laps = _Laps()
+    settings = laps.time("stack", _start_stack)
+    stages = laps.time("pipeline", _run_pipeline, docs, examples, preset)
+    release_id = stages["promote"].get("release_id")
+    if not release_id:
+        _say("the release gate REFUSED the fine-tuned model: nothing was promoted, serving is unchanged")
+        for reason in stages["promote"].get("reasons", []):
+            _say(f"  gate: {reason}")
+    answer = laps.time("ask", _ask, question, release_id)
+    result = {"stages": stages, "answer": answer, "promoted_release": release_id, "seconds": laps.seconds,
+              "ui_url": f"http://127.0.0.1:{settings.prefect.port}", "wall_s": round(time.monotonic() - started, 1),
+              "stop": "ragtune stack down   (or: make stack-down)"}
     emit(result, as_json, _human)
+    if not release_id:
+        raise typer.Exit(3)
+
+
+class _Laps:
+    """Wall seconds of each part of the demo, for the summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def time(self, name: str, call: Any, *args: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self.seconds[name] = round(time.monotonic() - started, 1)
 
 
 def _say(message: str) -> None:
@@ -90,25 +116,46 @@ def _last_json(done: subprocess.CompletedProcess[str], what: str) -> dict[str, A
     return dict(json.loads(lines[-1]))
 
 
-def _ask(question: str) -> dict[str, Any]:
+def _ask(question: str, promoted: str | None) -> dict[str, Any]:
     """`ragtune ask --json` in its own process, as a user runs it: tokens stream to the terminal."""
     _say(f"ragtune ask {question!r}")
     ragtune = Path(sys.executable).parent / "ragtune"
     answer = _last_json(subprocess.run([str(ragtune), "ask", question, "--json"], stdout=subprocess.PIPE, text=True),
                         "`ragtune ask`")
-    if not answer["release_id"]:
-        raise UserError("`ragtune ask` answered without a promoted release: the promotion did not switch serving")
-    cited = {c["n"] for c in answer["citations"]}
-    return {"text": answer["text"], "release_id": answer["release_id"], "model": answer["model"],
-            "cited_sources": [s["uri"] for s in answer["sources"] if s["n"] in cited]}
+    if promoted and answer["release_id"] != promoted:
+        raise UserError(f"`ragtune ask` answered from release {answer['release_id']}, not the promoted {promoted}: "
+                        "the promotion did not switch serving")
+    how = {c["n"]: c["how"] for c in answer["citations"]}
+    cited = [{"n": s["n"], "uri": s["uri"], "how": how[s["n"]]} for s in answer["sources"] if s["n"] in how]
+    return {"text": answer["text"], "release_id": answer["release_id"], "model": answer["model"], "cited": cited}
 
 
 def _human(result: dict[str, Any]) -> str:
-    lines = ["", "ragtune demo: done in {:.0f} s".format(result["wall_s"])]
+    seconds = result["seconds"]
+    lines = ["", "ragtune demo: done in {:.0f} s (stack {:.0f} s, release pipeline {:.0f} s, ask {:.0f} s)".format(
+        result["wall_s"], seconds["stack"], seconds["pipeline"], seconds["ask"])]
     for name, summary in result["stages"].items():
-        lines.append(f"  {name:<9} {json.dumps(summary, default=str)}")
-    answer = result["answer"]
-    lines += ["", f"answer (release {answer['release_id']}, model {answer['model']}):", f"  {answer['text']}",
-              "cited: " + (", ".join(answer["cited_sources"]) or "none")]
+        if name == "evaluate":
+            lines += _metrics_table(summary)
+        else:
+            lines.append(f"  {name:<9} {json.dumps(summary, default=str)}")
+    answer, promoted = result["answer"], result["promoted_release"]
+    served = (f"release {promoted}" if promoted else "NO promoted release (the gate refused the candidate); "
+              f"served by release {answer['release_id'] or 'none'}")
+    lines += ["", f"answer ({served}, model {answer['model']}):", f"  {answer['text']}",
+              "cited: " + (", ".join(f"[{c['n']}] {c['uri']}" for c in answer["cited"]) or "none")]
     lines += ["", f"Prefect UI: {result['ui_url']}", f"stop the stack: {result['stop']}"]
     return "\n".join(lines)
+
+
+def _metrics_table(evaluation: dict[str, Any]) -> list[str]:
+    """Base vs candidate on the demo's eval split, one metric per line."""
+    base, cand = evaluation.get("base", {}), evaluation.get("candidate", {})
+    lines = [f"  {'evaluate':<9} {'metric':<20} {'base':>8} {'candidate':>10}   ({evaluation.get('seconds')} s)"]
+    for metric in sorted(set(base) | set(cand)):
+        lines.append(f"  {'':<9} {metric:<20} {_num(base.get(metric)):>8} {_num(cand.get(metric)):>10}")
+    return lines
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
