@@ -249,7 +249,7 @@ def prune(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
                                timedelta(minutes=settings.release.grace_minutes), generations)
         if dry_run:
             return {**plan.summary(), "dry_run": True}
-        return apply_retention(plan, store.delete, index.drop_collection)
+        return apply_retention(plan, store.delete, index.drop_collection, store.abort_upload)
 
 
 def restore_release(settings: Settings, release: str, name: str | None = None, serve: bool = False,

@@ -4,11 +4,14 @@ Planning is a pure function over the listing, so what would be deleted can be sh
 and tested without S3. Never deleted: production, its parent, anything a kept release references,
 and any unreferenced object younger than the grace period (an in-flight promotion may be writing it).
 Only the prefixes promotion owns are touched: ``releases/``, ``indexes/`` and the content-addressed
-``checkpoints/sha256-*`` uploads.
+``checkpoints/sha256-*`` uploads. Incomplete multipart uploads there (a killed run, or S3 down mid-upload,
+leaves them: their parts use storage but no object listing shows them) are aborted once older than the
+grace period too.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,10 +28,11 @@ from tasks.release import (
     read_pointer,
     release_ids,
 )
-from tasks.s3 import ObjectInfo, S3Store
+from tasks.s3 import ObjectInfo, S3Error, S3Store, Upload
 
 OWNED_PREFIXES = (f"{RELEASES}/", "indexes/", "checkpoints/sha256-")
 _GENERATION = re.compile(r"^(?P<alias>.+)__g(?P<n>\d+)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,10 +42,12 @@ class RetentionPlan:
     half_written: list[str]
     delete_keys: list[str]
     drop_generations: list[str] = field(default_factory=list)
+    abort_uploads: list[Upload] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         return {"kept": self.keep, "dropped_releases": self.drop_releases, "half_written": self.half_written,
-                "deleted_objects": len(self.delete_keys), "dropped_generations": self.drop_generations}
+                "deleted_objects": len(self.delete_keys), "dropped_generations": self.drop_generations,
+                "aborted_uploads": [u.key for u in self.abort_uploads]}
 
 
 def kept_releases(pointer: Pointer | None, manifests: dict[str, ReleaseManifest], keep_last: int,
@@ -60,8 +66,10 @@ def kept_releases(pointer: Pointer | None, manifests: dict[str, ReleaseManifest]
 
 def plan_retention(pointer: Pointer | None, manifests: dict[str, ReleaseManifest], objects: list[ObjectInfo],
                    keep_last: int, now: datetime, grace: timedelta,
-                   generations: dict[str, list[str]] | None = None) -> RetentionPlan:
-    """What to delete. ``generations``: alias -> its physical generations in Milvus, the live one included."""
+                   generations: dict[str, list[str]] | None = None, uploads: list[Upload] | None = None,
+                   ) -> RetentionPlan:
+    """What to delete. ``generations``: alias -> its physical generations in Milvus, the live one included;
+    ``uploads``: the incomplete multipart uploads on S3."""
     old = now - grace
     young = {o.key.split("/")[1] for o in objects if o.key.startswith(f"{RELEASES}/") and o.last_modified > old}
     keep = kept_releases(pointer, manifests, keep_last, young)
@@ -72,7 +80,15 @@ def plan_retention(pointer: Pointer | None, manifests: dict[str, ReleaseManifest
                     if o.key.startswith(OWNED_PREFIXES) and o.key not in referenced and o.last_modified <= old)
     dropped = {k.split("/")[1] for k in delete if k.startswith(f"{RELEASES}/")}
     return RetentionPlan(keep=keep, drop_releases=sorted(dropped & served), half_written=sorted(dropped - served),
-                         delete_keys=delete, drop_generations=_old_generations(keep, manifests, generations or {}))
+                         delete_keys=delete, drop_generations=_old_generations(keep, manifests, generations or {}),
+                         abort_uploads=stale_uploads(uploads or [], now, grace))
+
+
+def stale_uploads(uploads: list[Upload], now: datetime, grace: timedelta) -> list[Upload]:
+    """Incomplete multipart uploads under promotion's prefixes, started before the grace period: a run
+    that died mid-upload. Younger ones may belong to a promotion still uploading."""
+    return sorted((u for u in uploads if u.key.startswith(OWNED_PREFIXES) and u.initiated <= now - grace),
+                  key=lambda u: (u.key, u.initiated))
 
 
 def _old_generations(keep: list[str], manifests: dict[str, ReleaseManifest],
@@ -96,8 +112,16 @@ def _old_generations(keep: list[str], manifests: dict[str, ReleaseManifest],
 
 
 def apply_retention(plan: RetentionPlan, delete_objects: Callable[[list[str]], int],
-                    drop_generation: Callable[[str], None]) -> dict[str, object]:
-    """Delete the planned objects, then the planned generations (each failure is reported, not fatal)."""
+                    drop_generation: Callable[[str], None], abort_upload: Callable[[Upload], None],
+                    ) -> dict[str, object]:
+    """Abort stale uploads, delete the planned objects, then drop the planned generations (each abort or
+    drop failure is reported, not fatal)."""
+    upload_errors = []
+    for upload in plan.abort_uploads:
+        try:
+            abort_upload(upload)
+        except RuntimeError as exc:
+            upload_errors.append(f"{upload.key}: {exc}")
     deleted = delete_objects(plan.delete_keys) if plan.delete_keys else 0
     failed = []
     for name in plan.drop_generations:
@@ -105,7 +129,8 @@ def apply_retention(plan: RetentionPlan, delete_objects: Callable[[list[str]], i
             drop_generation(name)
         except RuntimeError as exc:  # e.g. an alias still serves it: leave it, say why
             failed.append(f"{name}: {exc}")
-    return {**plan.summary(), "deleted_objects": deleted, "generation_errors": failed}
+    return {**plan.summary(), "deleted_objects": deleted, "generation_errors": failed,
+            "upload_errors": upload_errors}
 
 
 def plan_from_store(store: S3Store, keep_last: int, grace: timedelta,
@@ -122,4 +147,13 @@ def plan_from_store(store: S3Store, keep_last: int, grace: timedelta,
                 raise  # a published release we cannot read: deleting around it could lose its files
     if pointer and pointer.release_id not in manifests:
         raise ReleaseError(f"production release {pointer.release_id} has no manifest: retention refuses to run")
-    return plan_retention(pointer, manifests, objects, keep_last, now or datetime.now(UTC), grace, generations)
+    return plan_retention(pointer, manifests, objects, keep_last, now or datetime.now(UTC), grace, generations,
+                          _uploads(store))
+
+
+def _uploads(store: S3Store) -> list[Upload]:
+    try:
+        return [u for prefix in OWNED_PREFIXES for u in store.list_uploads(prefix)]
+    except S3Error as exc:  # a server without ListMultipartUploads: the objects are still cleaned
+        log.warning("incomplete multipart uploads cannot be listed, none aborted: %s", exc)
+        return []

@@ -15,8 +15,8 @@ from tasks import release as rel
 from tasks import release_gate as gate
 from tasks.milvus import IndexClient
 from tasks.publish import download_files, upload_checkpoint
-from tasks.retention import plan_from_store, plan_retention
-from tasks.s3 import ObjectInfo, S3Error, S3Store
+from tasks.retention import apply_retention, plan_from_store, plan_retention, stale_uploads
+from tasks.s3 import ObjectInfo, S3Error, S3Store, Upload
 from tasks.snapshot import SnapshotError, export_snapshot, restore_snapshot, upload_snapshot
 from tasks.types import Chunk, DocRecord, IndexMeta
 
@@ -125,6 +125,15 @@ def test_retention_drops_only_generations_older_than_every_kept_one() -> None:
     assert plan.keep == [r2, r3]
     assert plan.drop_generations == ["docs__g1"]
     assert plan.delete_keys == [rel.manifest_key(r1)]
+
+
+def test_stale_multipart_uploads_under_promotions_prefixes_are_aborted() -> None:
+    uploads = [Upload("checkpoints/sha256-1/model.safetensors", "old", NOW - timedelta(hours=3)),
+               Upload("indexes/docs__g1/snap-1/part-00000.parquet", "young", NOW - timedelta(minutes=5)),
+               Upload("datasets/abc/train.jsonl", "not-ours", NOW - timedelta(hours=3))]
+    assert [u.upload_id for u in stale_uploads(uploads, NOW, timedelta(hours=1))] == ["old"]
+    plan = plan_retention(None, {}, [], keep_last=1, now=NOW, grace=timedelta(hours=1), uploads=uploads)
+    assert plan.summary()["aborted_uploads"] == ["checkpoints/sha256-1/model.safetensors"]
 
 
 # --- manifests and the pointer on SeaweedFS -----------------------------------------------------------
@@ -285,6 +294,47 @@ def test_retention_on_s3_cleans_a_half_written_release(store: S3Store, tmp_path:
     assert sorted(plan.delete_keys) == sorted(f.key for f in ref.files)
     young = plan_from_store(store, keep_last=5, grace=timedelta(hours=1))
     assert young.delete_keys == []  # an in-flight run may still be writing them
+
+
+KILLED_UPLOAD = """
+import sys
+from pathlib import Path
+from ragtune.settings import get_settings
+from tasks.s3 import S3Store
+S3Store(get_settings()).put_file(sys.argv[1], Path(sys.argv[2]))
+"""
+
+
+def test_retention_aborts_the_multipart_upload_of_a_killed_run(s3_settings: Settings, store: S3Store,
+                                                               tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(np.random.default_rng(0).bytes(96 * 1024 * 1024))
+    key = "checkpoints/sha256-killed/model.safetensors"
+    variables = {"RAGTUNE_DATA_DIR": str(tmp_path / "data"), "RAGTUNE_S3__PORT": str(s3_settings.s3.port),
+                 "RAGTUNE_S3__BUCKET": s3_settings.s3.bucket, "RAGTUNE_S3__PREFIX": s3_settings.s3.prefix,
+                 "RAGTUNE_S3__MULTIPART_THRESHOLD_MB": "5"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_UPLOAD, key, str(big)], cwd=REPO,
+                            env={**os.environ, **variables})
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(store.list_uploads("checkpoints/")):
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL mid-upload: s3transfer gets no chance to abort its multipart upload
+    assert proc.wait() == -9
+    left = list(store.list_uploads("checkpoints/"))
+    assert [u.key for u in left] == [key] and not store.exists(key)  # parts stored, no object listed
+    assert plan_from_store(store, keep_last=5, grace=timedelta(hours=1)).abort_uploads == []  # maybe in flight
+    plan = plan_from_store(store, keep_last=5, grace=timedelta(0))
+    assert plan.abort_uploads == left
+    done = apply_retention(plan, store.delete, lambda name: None, store.abort_upload)
+    assert done["aborted_uploads"] == [key] and done["upload_errors"] == []
+    assert list(store.list_uploads("")) == []
 
 
 # --- the CLI: releases, rollback (seconds, nothing uploaded), errors without tracebacks ---------------------

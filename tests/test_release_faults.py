@@ -124,6 +124,12 @@ def test_s3_stopped_mid_upload_fails_clearly_and_production_stays(own_s3: tuple[
     leftovers = {o.key for o in store.list("checkpoints/")} - known
     plan = plan_from_store(store, keep_last=5, grace=timedelta(0))
     assert leftovers and leftovers <= set(plan.delete_keys)  # retention cleans what the run left
+    uploads = list(store.list_uploads(""))  # the interrupted multipart upload (S3 could not be told to abort)
+    assert set(uploads) <= set(plan.abort_uploads)
+    pruned = promotion.prune(settings.model_copy(update={"release": settings.release.model_copy(
+        update={"grace_minutes": 0})}))
+    assert pruned["aborted_uploads"] == [u.key for u in uploads] and list(store.list_uploads("")) == []
+    assert_serving(settings, release_1)
 
 
 def test_wrong_credentials_fail_clearly_and_production_stays(env: Settings, tmp_path: Path) -> None:
