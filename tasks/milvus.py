@@ -26,6 +26,10 @@ from ragtune.settings import Settings
 from tasks.types import METADATA_FIELDS, Chunk, DocRecord, Hit, IndexMeta
 
 META_PROPERTY = "ragtune.meta"
+# Searches read with Session consistency: the writing process sees its own writes, every other reader
+# reads what the server has without waiting for its next time tick -- Strong made each search on a
+# Milvus 2.3 server wait ~200 ms for one (bench/query.py). Flushed data is visible to every reader.
+SEARCH_CONSISTENCY = "Session"
 RECORD_SUFFIX = "__record"
 log = logging.getLogger(__name__)
 
@@ -275,14 +279,16 @@ class IndexClient:
         collection = self._use(collection)
         vecs = vectors.tolist() if hasattr(vectors, "tolist") else [list(v) for v in vectors]
         res = self._c.search(collection, vecs, anns_field="vector", limit=k, filter=filter,
-                             output_fields=list(_FIELDS), search_params={"metric_type": "COSINE"})
+                             output_fields=list(_FIELDS), search_params={"metric_type": "COSINE"},
+                             consistency_level=SEARCH_CONSISTENCY)
         return [[_hit(h) for h in hits] for hits in res]
 
     def search_bm25(self, collection: str, text: str, k: int = 5, filter: str = "") -> list[Hit]:
         collection = self._use(collection)
         self._require_bm25(collection)
         res = self._c.search(collection, [text], anns_field="sparse", limit=k, filter=filter,
-                             output_fields=list(_FIELDS), search_params={"metric_type": "BM25"})
+                             output_fields=list(_FIELDS), search_params={"metric_type": "BM25"},
+                             consistency_level=SEARCH_CONSISTENCY)
         # Milvus Lite reports BM25 as a negated distance; flip it so higher is better everywhere.
         return [_hit(h, abs) for h in res[0]]
 
@@ -296,7 +302,7 @@ class IndexClient:
         dense = AnnSearchRequest([list(vector)], "vector", {"metric_type": "COSINE"}, candidates, expr=filter or None)
         sparse = AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, candidates, expr=filter or None)
         res = self._c.hybrid_search(collection, [dense, sparse], RRFRanker(rrf_k), limit=k,
-                                    output_fields=list(_FIELDS))
+                                    output_fields=list(_FIELDS), consistency_level=SEARCH_CONSISTENCY)
         return [_hit(h) for h in res[0]]
 
     # --- the record -------------------------------------------------------------------------------
