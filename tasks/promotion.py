@@ -87,22 +87,25 @@ def evaluate(settings: Settings, candidate: Candidate, gate: GateConfig, current
     """Candidate and production metrics on the same eval sets, in this run.
 
     Without a production release, production is what would serve without one: the base model (no
-    checkpoint) and no index, so the first release is gated too. A model serving both sides is scored once.
+    checkpoint) and no index, so the first release is gated too. What serves both sides (the index of a
+    model-only candidate, the model of an index-only one) is evaluated once.
     """
     prod = current.manifest
     prod_collection = prod.index.generation if prod and prod.index else None
     prod_ckpt = _production_checkpoint(settings, prod)
     cand_collection = candidate.collection or prod_collection
     cand_ckpt = Path(candidate.checkpoint) if candidate.checkpoint else prod_ckpt
-    scored: dict[Path | None, dict[str, float]] = {}
+    done: dict[object, dict[str, float]] = {}
 
-    def model(checkpoint: Path | None) -> dict[str, float]:
-        if gate.model_dataset and checkpoint not in scored:
-            scored[checkpoint] = model_metrics(settings, checkpoint, gate.model_dataset)
-        return scored.get(checkpoint, {})
+    def scores(collection: str | None, checkpoint: Path | None) -> dict[str, float]:
+        if ("index", collection) not in done:
+            done["index", collection] = _retrieval(settings, gate, collection)
+        if ("model", checkpoint) not in done:
+            done["model", checkpoint] = (model_metrics(settings, checkpoint, gate.model_dataset)
+                                         if gate.model_dataset else {})
+        return done["index", collection] | done["model", checkpoint]
 
-    cand = _retrieval(settings, gate, cand_collection) | model(cand_ckpt)
-    return cand, _retrieval(settings, gate, prod_collection) | model(prod_ckpt)
+    return scores(cand_collection, cand_ckpt), scores(prod_collection, prod_ckpt)
 
 
 def _retrieval(settings: Settings, gate: GateConfig, collection: str | None) -> dict[str, float]:
@@ -253,8 +256,9 @@ def prune(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
 
 
 def restore_release(settings: Settings, release: str, name: str | None = None, serve: bool = False,
-                    ) -> dict[str, Any]:
-    """Rebuild a release's index generation from its S3 snapshot into ``settings``' Milvus."""
+                    bulk_dir: Path | None = None) -> dict[str, Any]:
+    """Rebuild a release's index generation from its S3 snapshot into ``settings``' Milvus (with ``bulk_dir``,
+    the import folder of a Milvus server: by its bulk import, see ``tasks.snapshot.restore_snapshot``)."""
     store = store_for(settings)
     if release == "production":
         found = production(store)
@@ -267,6 +271,7 @@ def restore_release(settings: Settings, release: str, name: str | None = None, s
         raise ReleaseError(f"release {manifest.release_id} has no index snapshot")
     with connect(settings) as index, tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="restore-") as work:
         serve = serve or index.describe_alias(manifest.index.alias) is None
-        result = restore_snapshot(store, manifest.index.snapshot, index, Path(work), manifest.index.alias, name, serve)
+        result = restore_snapshot(store, manifest.index.snapshot, index, Path(work), manifest.index.alias, name, serve,
+                                  bulk_dir)
     return {"release_id": manifest.release_id, "collection": result.collection, "rows": result.rows,
             "alias": result.alias}

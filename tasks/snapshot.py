@@ -29,6 +29,7 @@ from tasks.types import METADATA_FIELDS, DocRecord, IndexMeta
 SCHEMA_FILE = "schema.json"
 RECORDS_FILE = "records.parquet"
 _INT_FIELDS = {"page", "chunk_index"}
+BULK_STAGE = "ragtune-import"  # under a server's import folder: where restore --bulk-dir stages shards
 
 
 class SnapshotError(RuntimeError):
@@ -55,7 +56,10 @@ def chunk_schema(dim: int) -> pa.Schema:
     text_fields = [f for f in ("id", "doc_id", "text", *METADATA_FIELDS) if f not in _INT_FIELDS]
     return pa.schema([*(pa.field(f, pa.string()) for f in text_fields),
                       *(pa.field(f, pa.int64()) for f in sorted(_INT_FIELDS)),
-                      pa.field("vector", pa.list_(pa.float32(), dim))])
+                      # A variable-length list, not FixedSizeList(dim): Milvus' Parquet import refuses
+                      # FixedSizeList vectors ("file field dataType:fixed_size_list", 2.3.5 here; accepted
+                      # only since milvus-io/milvus#49683, 2026).
+                      pa.field("vector", pa.list_(pa.float32()))])
 
 
 def export_snapshot(client: IndexClient, collection: str, work_dir: Path, rows_per_shard: int) -> LocalSnapshot:
@@ -122,8 +126,13 @@ def upload_snapshot(store: S3Store, snapshot: LocalSnapshot) -> IndexSnapshot:
 
 
 def restore_snapshot(store: S3Store, snapshot: IndexSnapshot, client: IndexClient, work_dir: Path,
-                     alias: str, name: str | None = None, serve: bool = False) -> RestoreResult:
-    """Rebuild a generation from S3 alone (every file verified by sha256) into ``client``'s Milvus."""
+                     alias: str, name: str | None = None, serve: bool = False,
+                     bulk_dir: Path | None = None) -> RestoreResult:
+    """Rebuild a generation from S3 alone (every file verified by sha256) into ``client``'s Milvus.
+
+    ``bulk_dir``: a folder the Milvus server reads import files from (a standalone's ``localStorage.path``);
+    the shards are staged there and loaded by Milvus' bulk import instead of inserts through the client.
+    """
     local = download_files(store, snapshot.files, snapshot.prefix, work_dir / snapshot.snapshot_id)
     described = json.loads((local / SCHEMA_FILE).read_text())
     name = name or described["generation"]
@@ -131,16 +140,52 @@ def restore_snapshot(store: S3Store, snapshot: IndexSnapshot, client: IndexClien
         raise SnapshotError(f"{name} already exists at {client.uri}: drop it or restore under another name")
     meta = IndexMeta(**{k: v for k, v in described["meta"].items() if k in IndexMeta.__dataclass_fields__})
     client.create_generation(alias, meta, name=name)
-    for shard in described["shards"]:
-        for batch in pq.ParquetFile(local / shard["file"]).iter_batches(batch_size=1000):
-            client.insert_rows(name, batch.to_pylist())
-    records = pq.read_table(local / described["records"]["file"]).to_pylist()
-    client.write_records(name, [DocRecord(**r) for r in records])
-    client.flush(name)
-    client.flush_records(name)
-    restored = client.count(name)
-    if restored != described["rows"]:
-        raise SnapshotError(f"restored {restored} rows into {name}, the snapshot holds {described['rows']}")
+    shards = [local / shard["file"] for shard in described["shards"]]
+    try:
+        if bulk_dir is None:
+            _insert_shards(client, name, shards)
+        else:
+            bulk_load(client, name, shards, bulk_dir)
+        records = pq.read_table(local / described["records"]["file"]).to_pylist()
+        client.write_records(name, [DocRecord(**r) for r in records])
+        client.flush(name)
+        client.flush_records(name)
+        restored = client.count(name)
+        if restored != described["rows"]:
+            raise SnapshotError(f"restored {restored} rows into {name}, the snapshot holds {described['rows']}")
+    except Exception:
+        client.drop_collection(name)  # nothing half-restored is left behind
+        raise
     if serve:
         client.set_alias(alias, name)
     return RestoreResult(collection=name, alias=alias if serve else None, rows=restored)
+
+
+def _insert_shards(client: IndexClient, name: str, shards: list[Path]) -> None:
+    for shard in shards:
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=1000):
+            client.insert_rows(name, batch.to_pylist())
+
+
+def bulk_load(client: IndexClient, collection: str, shards: list[Path], bulk_dir: Path) -> int:
+    """Stage the shards where the server reads them and bulk-import them; staged copies are removed after."""
+    stage = bulk_dir / BULK_STAGE / collection
+    stage.mkdir(parents=True, exist_ok=True)
+    try:
+        staged = [stage_shard(shard, stage / shard.name) for shard in shards]
+        # Absolute paths: a standalone with local storage stats the path as given (relative: against its cwd).
+        return client.bulk_import(collection, [str(p.resolve()) for p in staged])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def stage_shard(source: Path, dest: Path) -> Path:
+    """A copy of a shard that Milvus' Parquet import reads: a snapshot written with FixedSizeList vectors
+    (before variable-length lists were used) is rewritten; any other is copied as is."""
+    if pa.types.is_fixed_size_list(pq.read_schema(source).field("vector").type):
+        table = pq.read_table(source)
+        vectors = table.column("vector").cast(pa.list_(pa.float32()))
+        pq.write_table(table.set_column(table.schema.get_field_index("vector"), "vector", vectors), dest)
+    else:
+        shutil.copyfile(source, dest)
+    return dest

@@ -67,6 +67,9 @@ def s3_settings(settings: Settings, seaweedfs: S3Settings) -> Settings:
     return settings.model_copy(update={"s3": seaweedfs.model_copy(update={"prefix": f"t-{uuid.uuid4().hex[:10]}"})})
 
 
+_MILVUS_HOMES: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Milvus 2.3 standalone (one per machine: its metrics port is fixed); yields its URI."""
@@ -77,9 +80,49 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(data_dir=home)
     settings.milvus.server_port = port
     service = stack.milvus_server(settings, home=home)
+    _seed_milvus_binaries(home / "milvus" / "bin")
     stack.start(service)
-    yield f"http://127.0.0.1:{port}"
+    _keep_milvus_binaries(home / "milvus" / "bin")
+    uri = f"http://127.0.0.1:{port}"
+    _MILVUS_HOMES[uri] = home
+    yield uri
     stack.stop(service)
+
+
+def _milvus_bin_cache() -> Path:
+    from milvus import __version__
+
+    return REPO / ".data" / "cache" / f"milvus-server-bin-{__version__}"
+
+
+def _seed_milvus_binaries(bin_dir: Path) -> None:
+    """milvus-server unpacks ~400 MB of LZMA into every fresh data dir (minutes on a small CPU; it skips
+    files whose .lzma.md5 matches): copy a previous unpacking of the same version instead (seconds)."""
+    import shutil
+
+    if _milvus_bin_cache().is_dir() and not bin_dir.exists():
+        shutil.copytree(_milvus_bin_cache(), bin_dir)
+
+
+def _keep_milvus_binaries(bin_dir: Path) -> None:
+    import shutil
+    import uuid
+
+    cache = _milvus_bin_cache()
+    if not cache.exists() and bin_dir.is_dir():
+        partial = cache.with_name(f"{cache.name}.{uuid.uuid4().hex[:8]}")
+        shutil.copytree(bin_dir, partial)
+        try:
+            partial.rename(cache)  # atomic: a concurrent session either wins or keeps its own unpacking
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+@pytest.fixture
+def milvus_import_dir(milvus_server: str) -> Path:
+    """The folder the Milvus server reads bulk-import files from: its localStorage.path (`milvus-server
+    --data HOME` keeps its storage under HOME/data)."""
+    return _MILVUS_HOMES[milvus_server] / "milvus" / "data"
 
 
 @pytest.fixture(scope="session")

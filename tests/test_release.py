@@ -374,6 +374,8 @@ def test_cli_lists_releases_and_rolls_back(s3_settings: Settings, store: S3Store
         assert forward.exit_code == 0 and rel.read_pointer(store).release_id == second.release_id  # type: ignore[union-attr]
         bad = runner.invoke(app, ["index", "restore", "nonsense", "--uri", "/tmp/x.db"])
         assert bad.exit_code == 1 and "not a release id" in bad.stderr
+        lite = runner.invoke(app, ["index", "restore", "production", "--uri", "/tmp/x.db", "--bulk-dir", "/tmp"])
+        assert lite.exit_code == 1 and "Milvus Lite has no bulk import" in lite.stderr
     finally:
         get_settings.cache_clear()
 
@@ -396,4 +398,33 @@ def test_snapshot_restores_into_a_milvus_server(store: S3Store, tmp_path: Path, 
         assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before],
                            atol=1e-5)
         assert server.read_records(alias) == source.read_records("docs")
+    source.close()
+
+
+@pytest.mark.integration
+def test_snapshot_bulk_imports_into_a_milvus_server(store: S3Store, tmp_path: Path, milvus_server: str,
+                                                    milvus_import_dir: Path) -> None:
+    """Lite -> S3 -> Milvus 2.3's own bulk import of the Parquet shards (staged in its storage folder)."""
+    import uuid
+
+    from tasks.milvus import MilvusIndexError
+    from tasks.snapshot import BULK_STAGE
+
+    source, vectors = _index(tmp_path / "a.db")
+    snap = upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=15))
+    alias = f"t{uuid.uuid4().hex[:8]}"
+    with IndexClient(milvus_server) as server:
+        result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1",
+                                  serve=True, bulk_dir=milvus_import_dir)
+        assert result.rows == 40
+        queries = vectors[:8] + 0.1
+        before, after = source.search_dense_many("docs", queries, k=5), server.search_dense_many(alias, queries, k=5)
+        assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
+        assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before],
+                           atol=1e-5)
+        assert after[0][0].text == before[0][0].text and after[0][0].metadata == before[0][0].metadata
+        assert server.read_records(alias) == source.read_records("docs")
+        with pytest.raises(MilvusIndexError, match="no such file"):  # the server's own error, said clearly
+            server.bulk_import(alias, [str(tmp_path / "missing.parquet")])
+    assert not list((milvus_import_dir / BULK_STAGE).iterdir())  # staged copies removed
     source.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -113,13 +114,17 @@ def restore(release: str = typer.Argument(..., help="Release id, or 'production'
             uri: str = typer.Option(..., "--uri", help="Target Milvus: a Lite file path or http://host:19530."),
             name: str = typer.Option(None, help="Collection name; default: the release's generation name."),
             serve: bool = typer.Option(False, "--serve", help="Point the alias at it (always when none exists)."),
+            bulk_dir: str = typer.Option(None, "--bulk-dir", help="Load with Milvus' bulk import: the folder the "
+                                          "server reads import files from (a standalone's localStorage.path)."),
             as_json: bool = JsonOption) -> None:
     """Rebuild a release's index from S3 alone (every file verified) into any Milvus."""
     from ragtune.settings import get_settings
     from tasks.promotion import restore_release
 
+    if bulk_dir is not None and "://" not in uri:
+        raise UserError("--bulk-dir needs a Milvus server (--uri http://...): Milvus Lite has no bulk import")
     settings = get_settings()
     settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
-    emit(restore_release(settings, release, name, serve), as_json,
+    emit(restore_release(settings, release, name, serve, Path(bulk_dir) if bulk_dir else None), as_json,
          lambda r: f"restored {r['rows']} rows of release {r['release_id']} into {r['collection']} at {uri}"
                    + (f" (alias {r['alias']})" if r["alias"] else ""))
