@@ -10,6 +10,7 @@ unstructured_inference) even for ``strategy="fast"``, and ragtune omits it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -211,9 +212,23 @@ def _preload() -> None:
     from unstructured.partition.text import partition_text
 
     install_spacy_adapter()
+    cache_pandoc_formats()
     partition_md(text="# Warm up\n\nA sentence to parse.")
     partition_text(text="Another sentence to tag.")
 
+
+
+def cache_pandoc_formats() -> None:
+    """Ask pandoc for its format lists once per worker, not on every conversion.
+
+    pypandoc validates formats by running ``pandoc --list-input-formats`` and
+    ``--list-output-formats`` before each conversion: three pandoc processes per .rst/.epub/.odt/.rtf
+    file instead of one (measured on 30 Ray .rst files: 97 processes, 5.9 s -> 32, 3.0 s; same HTML).
+    """
+    import pypandoc
+
+    if not hasattr(pypandoc.get_pandoc_formats, "cache_info"):
+        pypandoc.get_pandoc_formats = functools.lru_cache(maxsize=1)(pypandoc.get_pandoc_formats)
 
 @dataclass
 class _Slot:
