@@ -1,6 +1,6 @@
 """Ingestion throughput beside plain SentenceTransformer.encode, re-run cost, and event-to-searchable latency.
 
-    python bench/ingest.py [CORPUS_DIR] [--raw-sample 1024] [--keep DIR]
+    python bench/ingest.py [CORPUS_DIR] [--raw-sample 1024] [--index-chunks 10000] [--keep DIR]
 
 CORPUS_DIR defaults to the Ray docs (../shared/data/ray_docs_qa/docs). Every measured run is a fresh
 process talking to one Prefect API (a temporary server started here), so the re-run proves the
@@ -11,7 +11,9 @@ record persists and no step pays for an in-process cache:
    texts (a uniform random sample of ``--raw-sample`` of them; 0 = all), in its own process;
 3. an unchanged re-run: ``rerun_share`` = its time / the first run's time;
 4. one document changed: time from its change event to the changed text being searchable, in a
-   warm process (model and parsers loaded, as a long-lived worker holds them) and a cold one.
+   warm process (model and parsers loaded, as a long-lived worker holds them) and a cold one, on an
+   index of at least ``--index-chunks`` chunks (a smaller corpus is topped up with synthetic rows:
+   random unit vectors and filler text under their own document ids, which no question matches).
 
 The last stdout line is one JSON object.
 """
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("corpus", nargs="?", default=str(DEFAULT_CORPUS))
     parser.add_argument("--raw-sample", type=int, default=1024, help="Chunk texts for the raw encode baseline.")
     parser.add_argument("--step", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--index-chunks", type=int, default=10_000, help="Index size for the event steps.")
     parser.add_argument("--keep", default="", help="Data dir to use and keep (default: a temporary one).")
     args = parser.parse_args()
     if args.step:
@@ -63,6 +66,7 @@ def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         first = _step("ingest", work, env, args)
         raw = _step("raw", work, env, args)
         rerun = _step("ingest", work, env, args)
+        _step("pad", work, env, args)
         warm = _step("event", work, env, args)
         cold = _step("event-cold", work, env, args)
     r = first["report"]
@@ -81,7 +85,8 @@ def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
 
 def _step(name: str, corpus: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, __file__, str(corpus), "--step", name, "--raw-sample", str(args.raw_sample)]
+    argv = [sys.executable, __file__, str(corpus), "--step", name, "--raw-sample", str(args.raw_sample),
+            "--index-chunks", str(args.index_chunks)]
     done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"step {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -117,6 +122,34 @@ def step_raw(args: argparse.Namespace) -> dict[str, Any]:
     return {"texts": len(texts), "seconds": round(seconds, 3), "chunks_per_s": len(texts) / seconds}
 
 
+def step_pad(args: argparse.Namespace) -> dict[str, Any]:
+    """Top the index up to ``--index-chunks`` rows with synthetic chunks (their own doc ids; flushed)."""
+    import numpy as np
+
+    from ragtune.settings import get_settings
+    from tasks.milvus import IndexClient
+
+    settings = get_settings()
+    with IndexClient.from_settings(settings) as index:
+        name = settings.milvus.collection
+        missing = max(0, args.index_chunks - index.count(name))
+        rng = np.random.default_rng(0)
+        for lo in range(0, missing, 2000):
+            n = min(2000, missing - lo)
+            vectors = rng.standard_normal((n, 384)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            index.insert_rows(name, [_pad_row(lo + i, v) for i, v in enumerate(vectors)])
+        index.flush(name)
+        return {"added": missing, "index_chunks": index.count(name)}
+
+
+def _pad_row(i: int, vector: Any) -> dict[str, Any]:
+    doc = f"pad-{i // 8:06d}"
+    return {"id": f"{doc}-{i % 8}", "doc_id": doc, "vector": vector.tolist(), "text": f"filler chunk {i} " * 20,
+            "uri": f"bench://{doc}", "path": f"{doc}.md", "title": "", "section": "", "element_types": "NarrativeText",
+            "doc_hash": "", "page": 0, "chunk_index": i % 8}
+
+
 def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
     """Change one document, emit its event, re-index it as the trigger would, poll until searchable."""
     start_process = time.perf_counter()
@@ -148,7 +181,7 @@ def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
             "updated": report["updated"], "document": target.path}
 
 
-STEPS = {"ingest": step_ingest, "raw": step_raw, "event": step_event,
+STEPS = {"ingest": step_ingest, "raw": step_raw, "pad": step_pad, "event": step_event,
          "event-cold": lambda a: step_event(a, warm=False)}
 
 if __name__ == "__main__":

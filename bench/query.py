@@ -60,7 +60,19 @@ def build_collection(uri: str, vectors: np.ndarray, texts: list[str]) -> tuple[s
             for lo in range(0, len(texts), 5000):
                 index.insert_rows(name, [_row(i, vectors[i], texts[i]) for i in range(lo, min(lo + 5000, len(texts)))])
             index.flush(name)
+        wait_indexed(index, name, len(texts))
     return name, time.perf_counter() - start
+
+
+def wait_indexed(index: milvus.IndexClient, name: str, rows: int, timeout_s: float = 600.0) -> None:
+    """Block until the vector index covers every row: searches during the background build measure the build."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = index._c.describe_index(name, "vector")
+        if int(info.get("indexed_rows", 0)) >= rows and info.get("state", "Finished") == "Finished":
+            return
+        time.sleep(1.0)
+    raise SystemExit(f"{name}: the vector index did not cover {rows} rows within {timeout_s:.0f} s")
 
 
 def _row(i: int, vector: np.ndarray, text: str) -> dict[str, Any]:

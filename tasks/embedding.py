@@ -2,7 +2,10 @@
 
 bf16 autocast on an AVX-512 bf16 CPU measured 2.6-3.6x faster than fp32 for all-MiniLM-L6-v2 on
 an idle machine (cosine to fp32 >= 0.9999) -- but 1.5-3x *slower* on the same VM under heavy
-contention, so the choice is measured at load time (``_bf16_pays_off``) instead of assumed.
+contention, and 0.65x on an idle host of the same VM type whose bf16 GEMM ran at 84 GFLOP/s
+against fp32's 150 (2026-11-25). So the choice is measured (``_bf16_pays_off``), not assumed --
+once, on the first call with enough texts to pay for it: a one-document re-index embeds a handful
+of chunks, and a cold process should not spend seconds timing both paths for them.
 Batches of similar token length waste no padding; torch threads never exceed the free cores
 (two threads on a busy machine ran 70x slower).
 """
@@ -20,6 +23,7 @@ from ragtune.settings import Settings
 from tasks.models import configure_torch, cpu_has_bf16, embedding_source, load_embedder
 
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
+_CALIBRATE_MIN_TEXTS = 256  # fewer texts than this are embedded in fp32 without measuring bf16
 
 
 class Embedder:
@@ -38,8 +42,9 @@ class Embedder:
         self.max_length = int(self.model.get_max_seq_length() or 256)
         self.dim = int(self.model.get_embedding_dimension() or 384)
         self._torch = torch
-        wanted = settings.models.bf16 and cpu_has_bf16()
-        self.bf16 = (wanted and self._bf16_pays_off()) if bf16 is None else bf16
+        # None = not decided yet: measured on the first large call (``encode``), if bf16 is possible at all.
+        self.bf16: bool | None = bf16 if bf16 is not None else (None if settings.models.bf16 and cpu_has_bf16()
+                                                                  else False)
 
     @property
     def model_dir(self) -> str:
@@ -50,6 +55,8 @@ class Embedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
+        if self.bf16 is None and len(texts) >= _CALIBRATE_MIN_TEXTS:
+            self.bf16 = self._bf16_pays_off()
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)
         order = np.argsort([len(x) for x in ids["input_ids"]], kind="stable")
         with self._torch.inference_mode(), self._autocast():
