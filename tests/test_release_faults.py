@@ -124,7 +124,9 @@ def test_s3_stopped_mid_upload_fails_clearly_and_production_stays(own_s3: tuple[
     leftovers = {o.key for o in store.list("checkpoints/")} - known
     plan = plan_from_store(store, keep_last=5, grace=timedelta(0))
     assert leftovers and leftovers <= set(plan.delete_keys)  # retention cleans what the run left
-    uploads = list(store.list_uploads(""))  # the interrupted multipart upload (S3 could not be told to abort)
+    # The interrupted multipart upload, when S3 stopped after it began (timing: in 1 of 2 runs here); the
+    # deterministic case is test_release.py::test_retention_aborts_the_multipart_upload_of_a_killed_run.
+    uploads = list(store.list_uploads(""))
     assert set(uploads) <= set(plan.abort_uploads)
     pruned = promotion.prune(settings.model_copy(update={"release": settings.release.model_copy(
         update={"grace_minutes": 0})}))
