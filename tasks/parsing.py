@@ -186,6 +186,9 @@ def _parse_pdf(path: Path) -> list[Element]:
 def _serve(limits: ParseLimits) -> None:
     import resource
 
+    # spaCy's thinc imports torch whenever it can: ~2 s and hundreds of MB per worker, and no parser
+    # here uses it. A None entry makes `import torch` fail, so thinc runs its torch-free path.
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
     bound = limits.memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (bound, bound))
     out = Connection(os.dup(1), readable=False)
