@@ -74,8 +74,8 @@ def stage_summary(stage: str, result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a person reads per stage (the full result stays in the run's return value)."""
     keys = {"ingest": ("added", "updated", "deleted", "unchanged", "quarantined", "chunks_written", "counts"),
             "dataset": ("version", "passed", "reused", "counts", "warnings"),
-            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "stopped_early", "world_size",
-                         "tokens_per_s", "train_s"),
+            "finetune": ("dataset", "step", "best_step", "best_eval_loss", "stopped_early", "out_of_time",
+                         "world_size", "tokens_per_s", "train_s"),
             "evaluate": ("base", "candidate"),
             "promote": ("promoted", "unchanged", "release_id", "forced")}[stage]
     summary = {k: result[k] for k in (*keys, "seconds") if k in result}

@@ -8,6 +8,8 @@ accuracy (says "I don't know" exactly when the example is an abstention one).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import string
@@ -179,11 +181,28 @@ def generate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tok
     return [answers[i] for i in range(len(rows))]
 
 
+# Scores already computed in this process, by model weights and eval rows: the release pipeline's
+# evaluate stage and its promotion gate score the same two models on the same rows minutes apart.
+_SCORED: dict[tuple[Any, ...], tuple[dict[str, Any], list[str]]] = {}
+
+
 def score_model(path: Path, rows: list[dict[str, Any]], sample: list[dict[str, Any]],
                 max_new_tokens: int) -> tuple[dict[str, Any], list[str]]:
-    model, tokenizer = load_model(path)
-    answers = generate(model, tokenizer, sample, max_new_tokens)
-    return {**heldout_loss(model, tokenizer, rows), **generation_scores(sample, answers)}, answers
+    key = _score_key(path, rows, sample, max_new_tokens)
+    if key not in _SCORED:
+        model, tokenizer = load_model(path)
+        answers = generate(model, tokenizer, sample, max_new_tokens)
+        _SCORED[key] = ({**heldout_loss(model, tokenizer, rows), **generation_scores(sample, answers)}, answers)
+    scores, answers = _SCORED[key]
+    return dict(scores), list(answers)
+
+
+def _score_key(path: Path, rows: list[dict[str, Any]], sample: list[dict[str, Any]],
+               max_new_tokens: int) -> tuple[Any, ...]:
+    """The model dir and its weight files (size, mtime), the exact eval rows, the decoding budget."""
+    weights = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(path).glob("*.safetensors")))
+    data = hashlib.sha256(json.dumps([rows, sample], sort_keys=True, default=str).encode()).hexdigest()
+    return str(Path(path).resolve()), weights, data, max_new_tokens
 
 
 def compare_models(base: Path, candidate: Path, eval_path: Path, limit: int, max_new_tokens: int,

@@ -176,7 +176,7 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch() -> None:
 def test_config_precedence_and_validation(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = parse_config(["--data-dir", "d", "--output-dir", "o", "--preset", "demo", "--max-steps", "7",
                         "--no-packing"])
-    assert cfg.max_steps == 7 and cfg.method == "lora" and cfg.max_seq_len == 320 and cfg.packing is False
+    assert cfg.max_steps == 7 and cfg.method == "lora" and cfg.max_seq_len == 1024 and cfg.packing is False
     lr, w = cfg.lr_lambda(100), cfg.warmup_steps
     assert lr(0) < lr(w - 1) < lr(w) == pytest.approx(1.0) and lr(100) == pytest.approx(cfg.min_lr_ratio)
     assert lr(50) < lr(w) and lr(99) > lr(100) - 1e-9  # cosine decay to the floor
@@ -247,6 +247,15 @@ def test_early_stopping_keeps_the_best_checkpoint(dataset: Path, tiny_model: Pat
     assert result["stopped_early"] and result["best_step"] == 0 and result["step"] == 2
     base, out = load_file(str(tiny_model / "model.safetensors")), load_file(result["model_dir"] + "/model.safetensors")
     assert all(out[k].equal(base[k]) for k in base)
+
+
+def test_a_training_time_budget_ends_the_run_evaluated_and_saved(dataset: Path, tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    result = last_event(train(dataset, tmp_path / "run", tiny_model, *FULL, "--max-minutes", "0.00001"))
+    metrics = json.loads((Path(result["model_dir"]) / "metrics.json").read_text())
+    assert result["out_of_time"] and not result["stopped_early"] and result["step"] == 1
+    assert [e["step"] for e in metrics["evals"]] == [0, 1] and (tmp_path / "run" / "state" / "step-000001").is_dir()
+    assert last_event(train(dataset, tmp_path / "whole", tiny_model, *FULL))["out_of_time"] is False
 
 
 @pytest.mark.integration
@@ -324,6 +333,28 @@ def test_eval_reports_base_and_candidate_on_the_same_prompts(dataset: Path, tiny
     assert {e["kind"] for e in report["examples"]} == {"curated", "grounded", "abstain"}  # stratified sample
     text = report_markdown(report)
     assert "| loss |" in text and "**Candidate:**" in text
+
+
+def test_a_model_scored_on_the_same_rows_is_not_scored_twice_in_one_process(
+        dataset: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's evaluate stage and its promotion gate score the same models: the second time is free."""
+    import shutil
+
+    from tasks import model_eval
+    from tasks.training.data import read_jsonl
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    rows = read_jsonl(dataset / "eval.jsonl")
+    first = model_eval.score_model(model, rows, rows[:2], 4)
+    loads: list[Path] = []
+    real_load = model_eval.load_model
+    monkeypatch.setattr(model_eval, "load_model", lambda path: loads.append(path) or real_load(path))
+    assert model_eval.score_model(model, rows, rows[:2], 4) == first and loads == []
+    model_eval.score_model(model, rows, rows[:3], 4)  # other rows: scored
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # new weights file (mtime): scored again
+    model_eval.score_model(model, rows, rows[:2], 4)
+    assert len(loads) == 2
 
 
 # -- the flow and the CLI ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class TrainState:
     best_step: int = -1
     evals_since_best: int = 0
     stopped_early: bool = False
+    out_of_time: bool = False  # the training-time budget (max_minutes) ended the run
     seconds: float = 0.0  # training-step time, first step after a (re)start excluded (warm-up)
     tokens: int = 0
     useful_tokens: int = 0
@@ -161,6 +162,7 @@ def finish(accelerator: Any, model: Any, tokenizer: Any, cfg: Any, state: TrainS
     model_dir = run_dir / "model"
     result = {"model_dir": str(model_dir), "world_size": accelerator.num_processes, "step": state.step,
               "best_step": state.best_step, "best_eval_loss": state.best_loss, "stopped_early": state.stopped_early,
+              "out_of_time": state.out_of_time,
               "param_digests": [json.loads((run_dir / "ranks" / f"rank-{r}.json").read_text())["param_digest"]
                                 for r in range(accelerator.num_processes)], **state.speed()}
     if accelerator.is_main_process:

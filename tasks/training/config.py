@@ -17,10 +17,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the test suite: a few steps on short sequences, one thread per process
     "test": {"max_seq_len": 64, "batch_rows": 2, "grad_accum": 2, "max_steps": 4, "warmup_steps": 1,
              "eval_every": 2, "save_every": 2, "log_every": 1, "threads": 1, "patience": 0},
-    # a few minutes on this CPU that visibly moves the eval metrics (LoRA: 1.35x faster than full here)
-    "demo": {"method": "lora", "max_seq_len": 320, "batch_rows": 2, "grad_accum": 1, "max_steps": 40,
-             "warmup_steps": 4, "lr": 1e-3, "eval_every": 10, "save_every": 20, "log_every": 5, "patience": 2,
-             "max_eval_examples": 32},
+    # a few minutes on this CPU that visibly moves the eval metrics (LoRA: 1.35x faster than full here).
+    # Rows as long as the dataset gate allows, so grounded and abstention examples train too; one row per
+    # step (more updates per token on a small set); two epochs; a 7-minute training budget keeps `make demo`
+    # within 15 minutes on a busy 2-core machine (docs/training.md)
+    "demo": {"method": "lora", "max_seq_len": 1024, "batch_rows": 1, "grad_accum": 1, "epochs": 2.0, "max_steps": 0,
+             "warmup_steps": 2, "lr": 1e-3, "eval_every": 20, "save_every": 20, "log_every": 2, "patience": 2,
+             "max_eval_examples": 12, "max_minutes": 7.0},
 }
 CHOICES = {"method": ("lora", "full"), "bf16": ("auto", "yes", "no"), "preset": tuple(PRESETS),
            "attention": ("auto", "packed_sdpa", "sdpa", "flash_attention_2", "eager")}
@@ -57,6 +60,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     patience: int = 3  # evaluations without improvement before stopping early; 0 = never
+    max_minutes: float = 0.0  # training-time budget: the step that passes it is the last (evaluated, saved); 0 = none
     min_delta: float = 0.0
     seed: int = 1234
     resume: bool = False
@@ -114,6 +118,8 @@ class TrainConfig:
                 raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
         if self.epochs <= 0:
             raise SystemExit("--epochs must be positive")
+        if self.max_minutes < 0:
+            raise SystemExit("--max-minutes must be 0 (no budget) or positive")
         return self
 
 

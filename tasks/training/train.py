@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if state.record_eval(0, evaluate(), cfg.min_delta):
             ckpt.save_best(accelerator, model, run_dir)
         say("eval", step=0, eval_loss=state.evals[-1]["eval_loss"])
-    while state.step < total_steps and not state.stopped_early:
+    trained_since = time.monotonic()
+    while state.step < total_steps and not state.stopped_early and not state.out_of_time:
         micro = list(islice(batches, cfg.grad_accum))
         if not micro:
             break
@@ -121,14 +122,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loss = _train_step(accelerator, model, optimizer, scheduler, micro, cfg.max_grad_norm)
         state.advance(len(micro), time.perf_counter() - started, *_token_counts(accelerator, micro))
         state.record_train_loss(loss)
-        if state.step % cfg.log_every == 0 or state.step == total_steps:
+        state.out_of_time = _out_of_time(accelerator, trained_since, cfg.max_minutes)
+        last = state.step == total_steps or state.out_of_time
+        if state.step % cfg.log_every == 0 or last:
             say("step", step=state.step, loss=round(loss, 4), lr=scheduler.get_last_lr()[0], **state.speed())
-        if state.step % cfg.eval_every == 0 or state.step == total_steps:
+        if state.step % cfg.eval_every == 0 or last:
             if state.record_eval(state.step, evaluate(), cfg.min_delta):
                 ckpt.save_best(accelerator, model, run_dir)
             state.stopped_early = 0 < cfg.patience <= state.evals_since_best
             say("eval", step=state.step, eval_loss=state.evals[-1]["eval_loss"], best=state.best_loss)
-        if state.step % cfg.save_every == 0 or state.step == total_steps or state.stopped_early:
+        if state.step % cfg.save_every == 0 or last or state.stopped_early:
             ckpt.save_checkpoint(accelerator, run_dir, state, cfg.keep_checkpoints)
         if cfg.stop_after and state.step >= cfg.stop_after and state.step < total_steps:
             say("stopped", step=state.step)  # as if killed here: the run is left to --resume
@@ -159,6 +162,14 @@ def _train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler:
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(accelerator.reduce(total, "sum") / n_tokens.clamp(min=1))
+
+
+def _out_of_time(accelerator: Accelerator, since: float, max_minutes: float) -> bool:
+    """Past the training-time budget on any process: every process must stop at the same step (DDP)."""
+    if max_minutes <= 0:
+        return False
+    late = torch.tensor(float(time.monotonic() - since > max_minutes * 60), device=accelerator.device)
+    return bool(accelerator.reduce(late, "sum") > 0)
 
 
 @torch.no_grad()
