@@ -69,6 +69,9 @@ def main() -> None:
         cached = REPO / ".data" / "cache" / "milvus-server-bin-2.3.5"  # unpacked by the test fixture
         if cached.is_dir():
             shutil.copytree(cached, home / "server" / "milvus" / "bin")
+        from tests.conftest import wait_for_metrics_port
+
+        wait_for_metrics_port()  # a Milvus stopped < 1 min ago leaves 9091 in TIME_WAIT
         stack.start(service)
         try:
             with IndexClient(f"http://127.0.0.1:{settings.milvus.server_port}") as server:

@@ -35,7 +35,7 @@ from tasks.release import (
 )
 from tasks.release_cache import forget, production_release
 from tasks.retention import apply_retention, plan_from_store
-from tasks.s3 import S3Store
+from tasks.s3 import S3Location, S3Store
 from tasks.snapshot import export_snapshot, restore_snapshot, upload_snapshot
 
 log = logging.getLogger(__name__)
@@ -256,9 +256,10 @@ def prune(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
 
 
 def restore_release(settings: Settings, release: str, name: str | None = None, serve: bool = False,
-                    bulk_dir: Path | None = None) -> dict[str, Any]:
-    """Rebuild a release's index generation from its S3 snapshot into ``settings``' Milvus (with ``bulk_dir``,
-    the import folder of a Milvus server: by its bulk import, see ``tasks.snapshot.restore_snapshot``)."""
+                    bulk_dir: Path | None = None, bulk_bucket: str | None = None) -> dict[str, Any]:
+    """Rebuild a release's index generation from its S3 snapshot into ``settings``' Milvus; with ``bulk_dir``
+    (a server's import folder) or ``bulk_bucket`` (s3://bucket/prefix a server stores its data in): by
+    Milvus' bulk import (``tasks.snapshot.restore_snapshot``)."""
     store = store_for(settings)
     if release == "production":
         found = production(store)
@@ -271,7 +272,9 @@ def restore_release(settings: Settings, release: str, name: str | None = None, s
         raise ReleaseError(f"release {manifest.release_id} has no index snapshot")
     with connect(settings) as index, tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="restore-") as work:
         serve = serve or index.describe_alias(manifest.index.alias) is None
+        target = S3Location.parse(bulk_bucket) if bulk_bucket else None
+        milvus_bucket = S3Store(settings, target.bucket, target.prefix) if target else None
         result = restore_snapshot(store, manifest.index.snapshot, index, Path(work), manifest.index.alias, name, serve,
-                                  bulk_dir)
+                                  bulk_dir, milvus_bucket)
     return {"release_id": manifest.release_id, "collection": result.collection, "rows": result.rows,
             "alias": result.alias}

@@ -236,6 +236,11 @@ class S3Store:
             self._call("delete", self._client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch})
         return len(relatives)
 
+    def copy_to(self, relative: str, dest: S3Store, dest_relative: str) -> None:
+        """Server-side copy into another bucket/prefix of the same S3 (multipart copy for large objects)."""
+        self._call("copy " + relative, self._client.copy, CopySource={"Bucket": self.bucket, "Key": self.key(relative)},
+                   Bucket=dest.bucket, Key=dest.key(dest_relative))
+
     def list_uploads(self, relative_prefix: str = "") -> Iterator[Upload]:
         """Incomplete multipart uploads under a prefix (a killed or failed upload leaves them)."""
         paginator = self._client.get_paginator("list_multipart_uploads")

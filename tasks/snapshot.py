@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from tasks.milvus import IndexClient
 from tasks.publish import describe_files, download_files, upload_files
-from tasks.release import IndexSnapshot
+from tasks.release import IndexSnapshot, StoredFile, verify_stored
 from tasks.s3 import S3Store
 from tasks.types import METADATA_FIELDS, DocRecord, IndexMeta
 
@@ -127,13 +127,17 @@ def upload_snapshot(store: S3Store, snapshot: LocalSnapshot) -> IndexSnapshot:
 
 def restore_snapshot(store: S3Store, snapshot: IndexSnapshot, client: IndexClient, work_dir: Path,
                      alias: str, name: str | None = None, serve: bool = False,
-                     bulk_dir: Path | None = None) -> RestoreResult:
+                     bulk_dir: Path | None = None, bulk_bucket: S3Store | None = None) -> RestoreResult:
     """Rebuild a generation from S3 alone (every file verified by sha256) into ``client``'s Milvus.
 
-    ``bulk_dir``: a folder the Milvus server reads import files from (a standalone's ``localStorage.path``);
-    the shards are staged there and loaded by Milvus' bulk import instead of inserts through the client.
+    Milvus' bulk import instead of inserts through the client, for a server: ``bulk_dir``, a folder it
+    reads import files from (a standalone's ``localStorage.path``): the shards are staged there;
+    ``bulk_bucket``, the bucket it stores its data in (a cluster's MinIO/S3, same endpoint as ``store``):
+    the shards are copied there server side, never downloaded, and imported by key.
     """
-    local = download_files(store, snapshot.files, snapshot.prefix, work_dir / snapshot.snapshot_id)
+    remote = [f for f in snapshot.files if _is_shard(f.key)] if bulk_bucket is not None else []
+    fetch = [f for f in snapshot.files if f not in remote]
+    local = download_files(store, fetch, snapshot.prefix, work_dir / snapshot.snapshot_id)
     described = json.loads((local / SCHEMA_FILE).read_text())
     name = name or described["generation"]
     if client.resolve(name) is not None:
@@ -142,10 +146,12 @@ def restore_snapshot(store: S3Store, snapshot: IndexSnapshot, client: IndexClien
     client.create_generation(alias, meta, name=name)
     shards = [local / shard["file"] for shard in described["shards"]]
     try:
-        if bulk_dir is None:
-            _insert_shards(client, name, shards)
-        else:
+        if bulk_bucket is not None:
+            bulk_load_s3(client, name, store, remote, bulk_bucket)
+        elif bulk_dir is not None:
             bulk_load(client, name, shards, bulk_dir)
+        else:
+            _insert_shards(client, name, shards)
         records = pq.read_table(local / described["records"]["file"]).to_pylist()
         client.write_records(name, [DocRecord(**r) for r in records])
         client.flush(name)
@@ -177,6 +183,32 @@ def bulk_load(client: IndexClient, collection: str, shards: list[Path], bulk_dir
         return client.bulk_import(collection, [str(p.resolve()) for p in staged])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def bulk_load_s3(client: IndexClient, collection: str, store: S3Store, shards: list[StoredFile],
+                 bucket: S3Store) -> int:
+    """Copy the shards (proven first) into the bucket Milvus reads, import them by key, remove the copies.
+
+    Milvus takes import paths relative to its bucket's root. Shards written with FixedSizeList vectors
+    (older snapshots) are refused by Milvus with that reason: restore those with inserts or ``bulk_dir``.
+    """
+    problems = verify_stored(store, shards)
+    if problems:
+        raise SnapshotError("snapshot shards do not verify on S3: " + "; ".join(problems))
+    staged: list[str] = []
+    try:
+        for shard in shards:
+            staged.append(f"{BULK_STAGE}/{collection}/{shard.key.rsplit('/', 1)[-1]}")
+            store.copy_to(shard.key, bucket, staged[-1])
+        return client.bulk_import(collection, [bucket.key(k) for k in staged])
+    finally:
+        if staged:
+            bucket.delete(staged)
+
+
+def _is_shard(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith("part-") and name.endswith(".parquet")
 
 
 def stage_shard(source: Path, dest: Path) -> Path:

@@ -81,12 +81,30 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings.milvus.server_port = port
     service = stack.milvus_server(settings, home=home)
     _seed_milvus_binaries(home / "milvus" / "bin")
+    wait_for_metrics_port()
     stack.start(service)
     _keep_milvus_binaries(home / "milvus" / "bin")
     uri = f"http://127.0.0.1:{port}"
     _MILVUS_HOMES[uri] = home
     yield uri
     stack.stop(service)
+
+
+def wait_for_metrics_port(timeout_s: float = 120.0) -> None:
+    """Wait until 9091 can be bound. A stopped Milvus leaves it in TIME_WAIT for about a minute, and
+    milvus-server, finding it unbindable, silently serves metrics and /healthz on 9092 instead, so the
+    health check on 9091 never passes ("milvus not healthy after 180s")."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", 9091))
+                return
+            except OSError:
+                time.sleep(1)
 
 
 def _milvus_bin_cache() -> Path:

@@ -116,15 +116,18 @@ def restore(release: str = typer.Argument(..., help="Release id, or 'production'
             serve: bool = typer.Option(False, "--serve", help="Point the alias at it (always when none exists)."),
             bulk_dir: str = typer.Option(None, "--bulk-dir", help="Load with Milvus' bulk import: the folder the "
                                           "server reads import files from (a standalone's localStorage.path)."),
+            bulk_s3: str = typer.Option(None, "--bulk-s3", help="Load with Milvus' bulk import from S3: "
+                                        "s3://BUCKET/PREFIX, the bucket the server stores its data in (same "
+                                        "endpoint as the releases); shards are copied server side."),
             as_json: bool = JsonOption) -> None:
     """Rebuild a release's index from S3 alone (every file verified) into any Milvus."""
     from ragtune.settings import get_settings
     from tasks.promotion import restore_release
 
-    if bulk_dir is not None and "://" not in uri:
-        raise UserError("--bulk-dir needs a Milvus server (--uri http://...): Milvus Lite has no bulk import")
+    if (bulk_dir or bulk_s3) and "://" not in uri:
+        raise UserError("--bulk-dir/--bulk-s3 need a Milvus server (--uri http://...): Milvus Lite has no bulk import")
     settings = get_settings()
     settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
-    emit(restore_release(settings, release, name, serve, Path(bulk_dir) if bulk_dir else None), as_json,
+    emit(restore_release(settings, release, name, serve, Path(bulk_dir) if bulk_dir else None, bulk_s3), as_json,
          lambda r: f"restored {r['rows']} rows of release {r['release_id']} into {r['collection']} at {uri}"
                    + (f" (alias {r['alias']})" if r["alias"] else ""))
