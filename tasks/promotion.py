@@ -120,7 +120,12 @@ def _production_checkpoint(settings: Settings, prod: ReleaseManifest | None) -> 
     if prod is None or prod.model is None:
         return None  # the base model serves
     found = production_release(settings)
-    return found.model_path if found and found.release_id == prod.release_id else None
+    if found is None or found.release_id != prod.release_id or found.model_path is None:
+        # Comparing against the base model instead would let a candidate pass a bar production never set.
+        got = found.release_id if found else "nothing"
+        raise ReleaseError(f"production release {prod.release_id}'s checkpoint could not be loaded (got {got}): "
+                           "the gate cannot compare against it; check S3, or promote with --force")
+    return found.model_path
 
 
 def retrieval_metrics(settings: Settings, collection: str, questions_path: Path, docs_root: str, k: int,

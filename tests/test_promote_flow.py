@@ -5,6 +5,7 @@ recorded, rollback restores the previous answers, a re-run changes nothing, rest
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,16 @@ def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, mo
     assert decision["candidate"]["model.loss"] > decision["production"]["model.loss"] + 1
     assert any(r.startswith("REGRESSED: model.loss") for r in decision["reasons"])
     assert read_pointer(store).release_id == first["release_id"]  # type: ignore[union-attr]
+
+    # production now serves a model; when its checkpoint cannot be loaded, the gate must not fall back
+    # to the base model (a bar production never set): the run fails and production stays
+    forced = promote_release(promotion.Candidate(checkpoint=str(worse)), promotion.GateConfig(), force=True,
+                             settings=env)
+    assert forced["promoted"]
+    store.delete([o.key for o in store.list("checkpoints/")])
+    shutil.rmtree(env.cache_dir / "releases", ignore_errors=True)
+    forget()
+    with pytest.raises(Exception, match="checkpoint (cannot|could not) be loaded"):
+        promote_release(promotion.Candidate(checkpoint=str(worse)), promotion.GateConfig(model_dataset=version),
+                        settings=env)
+    assert read_pointer(store).release_id == forced["release_id"]  # type: ignore[union-attr]
