@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from tasks.sphinx import autosummary_pages, myst_to_markdown
+
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")  # unstructured phones home on import otherwise
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 
@@ -38,6 +40,7 @@ class Element:
     text: str
     page: int = 0
     depth: int | None = None  # heading level for a Title, when the format has one
+    target: str = ""  # a page the build generates from this file (relative to its folder); "" = the file's own page
 
 
 @dataclass(frozen=True)
@@ -133,13 +136,37 @@ def parse_file(path: Path, suffix: str, limits: ParseLimits = ParseLimits()) -> 
 
 def _partition(path: Path, suffix: str) -> list[Element]:
     install_spacy_adapter()
-    if suffix == ".ipynb":
+    if suffix in (".ipynb", ".md", ".markdown"):
         from unstructured.partition.md import partition_md
 
-        raw = partition_md(text=notebook_markdown(path.read_bytes()))
+        text = notebook_markdown(path.read_bytes()) if suffix == ".ipynb" else _read_text(path)
+        raw = partition_md(text=myst_to_markdown(text)) if text.strip() else []
     else:
         raw = _partitioner(suffix)(filename=str(path))
-    return [Element(e.category, e.text, e.metadata.page_number or 0, e.metadata.category_depth) for e in raw]
+    elements = [Element(e.category, e.text, e.metadata.page_number or 0, e.metadata.category_depth) for e in raw]
+    if suffix in (".rst", ".md", ".markdown"):
+        elements += generated_page_elements(_read_text(path))
+    return elements
+
+
+def _read_text(path: Path) -> str:
+    from unstructured.file_utils.encoding import read_txt_file
+
+    return read_txt_file(filename=str(path))[1]
+
+
+def generated_page_elements(text: str) -> list[Element]:
+    """Sphinx autosummary pages listed in this source: the listing's headings, then the entry as listed."""
+    out: list[Element] = []
+    seen: set[str] = set()
+    for page in autosummary_pages(text):
+        if page.target in seen:
+            continue  # an object listed twice gets one page
+        seen.add(page.target)
+        heading = [*page.section, page.name]
+        out += [Element("Title", title, depth=n, target=page.target) for n, title in enumerate(heading)]
+        out.append(Element("NarrativeText", page.entry, target=page.target))
+    return out
 
 
 def _partitioner(suffix: str) -> Any:
