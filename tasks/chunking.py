@@ -3,7 +3,9 @@
 The budget is counted with the embedding model's own tokenizer, special tokens and the title
 prefix included: all-MiniLM-L6-v2 silently truncates at 256 word pieces, so a longer chunk would
 be indexed by its first half only. Each chunk's text starts with its "Title > Section" path,
-which measurably helps retrieval of short, heading-defined passages.
+which measurably helps retrieval of short, heading-defined passages. A section that fits after the
+previous chunk joins it, its heading kept on its own line: documentation is full of sections that
+are a heading and one sentence, too little text for the encoder (docs/retrieval.md has the numbers).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import PurePosixPath
 from typing import Any
 
 from tasks.parsing import Element
 from tasks.types import Chunk
 
 CHUNKER_NAME = "sections"
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: small sections merge; generated (autosummary) pages
 _PREFIX_MAX_TOKENS = 48  # a runaway heading chain must not eat the body's budget
 _UNTITLED_DEPTH = 9  # headings without a level (plain text heuristics) nest below any real level
 
@@ -60,19 +63,52 @@ def sections(elements: Sequence[Element]) -> list[tuple[list[str], list[Element]
 
 
 def chunk_elements(elements: Sequence[Element], doc: DocInfo, tokenizer: Any, max_tokens: int) -> list[Chunk]:
-    """Chunks of at most ``max_tokens`` word pieces (special tokens and prefix included)."""
-    title = next((e.text.strip() for e in elements if e.type == "Title"), "") or doc.name
+    """Chunks of at most ``max_tokens`` word pieces (special tokens and prefix included).
+
+    Elements of a page the build generates from this file (``Element.target``) chunk as their own
+    page: their chunks' ``path`` is that page's, resolved against this file's folder.
+    """
     chunks: list[Chunk] = []
+    for target, group in _by_target(elements).items():
+        page = doc if not target else _generated(doc, target)
+        for text, heading, members in _section_chunks(group, page, tokenizer, max_tokens):
+            chunks.append(Chunk(
+                doc_id=doc.doc_id, chunk_index=len(chunks), text=text, uri=doc.uri, path=page.path,
+                title=heading[0][:500], section=" > ".join(heading)[:1000], page=members[0].page,
+                element_types=tuple(sorted({m.type for m in members})), doc_hash=doc.doc_hash))
+    return chunks
+
+
+def _by_target(elements: Sequence[Element]) -> dict[str, list[Element]]:
+    groups: dict[str, list[Element]] = {"": []}
+    for element in elements:
+        groups.setdefault(element.target, []).append(element)
+    return groups
+
+
+def _generated(doc: DocInfo, target: str) -> DocInfo:
+    path = str(PurePosixPath(doc.path).parent / target)
+    return DocInfo(doc.doc_id, doc.uri, path, doc.doc_hash, PurePosixPath(target).stem)
+
+
+def _section_chunks(elements: Sequence[Element], doc: DocInfo, tokenizer: Any,
+                    max_tokens: int) -> list[tuple[str, list[str], list[Element]]]:
+    """(text, heading path, members) per chunk: sections packed to the budget, small neighbours merged."""
+    title = next((e.text.strip() for e in elements if e.type == "Title"), "") or doc.name
+    limit = max_tokens - tokenizer.num_special_tokens_to_add()
+    out: list[tuple[str, list[str], list[Element]]] = []
     for path, body in sections(elements):
         heading = path if path and path[0] == title else [title, *path]
         prefix = _fit_prefix(" > ".join(heading), tokenizer)
-        budget = max_tokens - _count(tokenizer, prefix + "\n") - tokenizer.num_special_tokens_to_add()
+        budget = limit - _count(tokenizer, prefix + "\n")
         for texts, members in _pack(body, tokenizer, max(budget, 16)):
-            chunks.append(Chunk(
-                doc_id=doc.doc_id, chunk_index=len(chunks), text=f"{prefix}\n{' '.join(texts)}", uri=doc.uri,
-                path=doc.path, title=title[:500], section=" > ".join(heading)[:1000],
-                page=members[0].page, element_types=tuple(sorted({m.type for m in members})), doc_hash=doc.doc_hash))
-    return chunks
+            body_text = " ".join(texts)
+            merged = f"{out[-1][0]}\n{heading[-1]}\n{body_text}" if out else ""
+            if merged and _count(tokenizer, merged) <= limit:
+                out[-1] = (merged, out[-1][1], [*out[-1][2], *members])
+            else:
+                out.append((f"{prefix}\n{body_text}", heading, list(members)))
+    return out
 
 
 def _pack(body: Sequence[Element], tokenizer: Any, budget: int) -> list[tuple[list[str], list[Element]]]:

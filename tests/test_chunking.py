@@ -69,3 +69,30 @@ def test_split_text_respects_budget_and_order(tokenizer: Any) -> None:
     pieces = split_text(text, tokenizer, 32)
     assert all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 32 for p in pieces)
     assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+
+
+def test_small_sections_merge_up_to_the_budget_keeping_their_headings(tokenizer: Any) -> None:
+    elements = [Element("Title", "Cluster", depth=0), Element("Title", "Nodes", depth=1),
+                Element("NarrativeText", "Use ray.nodes() to list nodes."),
+                Element("Title", "Resources", depth=1), Element("NarrativeText", "Use ray.cluster_resources()."),
+                Element("Title", "Big", depth=1), Element("NarrativeText", "word " * 240)]
+    chunks = chunk_elements(elements, DOC, tokenizer, 256)
+    assert chunks[0].text == "Cluster > Nodes\nUse ray.nodes() to list nodes.\nResources\nUse ray.cluster_resources()."
+    assert chunks[0].section == "Cluster > Nodes"
+    assert chunks[1].text.startswith("Cluster > Big\nword word")  # too big to join: its own chunk, own prefix
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 256
+
+
+def test_generated_pages_chunk_as_their_own_pages(tokenizer: Any) -> None:
+    doc = DocInfo(doc_id="d2", uri="file:///docs/data/api/dataset.rst", path="data/api/dataset.rst", doc_hash="h",
+                  name="dataset")
+    target = "doc/ray.data.Dataset.map.html"
+    elements = [Element("Title", "Dataset API", depth=0), Element("NarrativeText", "Dataset.map"),
+                Element("Title", "Dataset API", depth=0, target=target),
+                Element("Title", "ray.data.Dataset.map", depth=1, target=target),
+                Element("NarrativeText", "Dataset.map", target=target)]
+    own, generated = chunk_elements(elements, doc, tokenizer, 256)
+    assert (own.path, own.chunk_index) == ("data/api/dataset.rst", 0)
+    assert generated.path == "data/api/doc/ray.data.Dataset.map.html"
+    assert (generated.chunk_index, generated.doc_id) == (1, "d2")
+    assert generated.text == "Dataset API > ray.data.Dataset.map\nDataset.map"
