@@ -6,8 +6,10 @@ holding what the index contains per document, so the record survives restarts an
 from a side file. The generation's properties hold its ``IndexMeta`` (embedding model, dim,
 chunker settings): a writer with other values is refused.
 
-BM25: Milvus Lite 3.2 and Milvus >= 2.5 compute a sparse BM25 field from ``text`` server-side;
-Milvus 2.3/2.4 cannot, so such a generation is dense only and bm25 search says so clearly.
+BM25: Milvus Lite 3.2 and Milvus >= 2.5 compute a sparse BM25 field server-side; Milvus 2.3/2.4
+cannot, so such a generation is dense only and bm25 search says so clearly. The BM25 input is the
+``lexical`` field: the chunk text analysed by ``tasks.analyzer`` (stemmed, stop words out), and
+queries are analysed the same way. Generations built before it index ``text`` as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusC
 from pymilvus.exceptions import MilvusException
 
 from ragtune.settings import Settings
+from tasks.analyzer import ANALYZER, analyze
 from tasks.types import METADATA_FIELDS, Chunk, DocRecord, Hit, IndexMeta
 
 META_PROPERTY = "ragtune.meta"
@@ -156,7 +159,8 @@ class IndexClient:
         n = int(existing[-1].rsplit("__g", 1)[1]) + 1 if existing else 1
         name = name or generation_name(alias, n)
         bm25 = meta.bm25 and self.server_supports_bm25()
-        final = IndexMeta(meta.embedding_model, meta.dim, meta.chunker, meta.metric, bm25, meta.record_version)
+        final = IndexMeta(meta.embedding_model, meta.dim, meta.chunker, meta.metric, bm25, meta.record_version,
+                          ANALYZER if bm25 else "")
         self._create_chunks(name, final)
         self._create_record(record_name(name))
         return name
@@ -208,6 +212,9 @@ class IndexClient:
         vecs = vectors.tolist() if hasattr(vectors, "tolist") else [list(v) for v in vectors]
         rows = [{"id": c.id, "doc_id": c.doc_id, "vector": v, "text": _clip(c.text), **_meta_row(c)}
                 for c, v in zip(chunks, vecs, strict=True)]
+        if self._lexical(collection):
+            for row in rows:
+                row["lexical"] = _clip(analyze(row["text"]))
         for start in range(0, len(rows), 500):
             self._c.upsert(collection, rows[start:start + 500])
         counts: dict[str, int] = {}
@@ -228,10 +235,14 @@ class IndexClient:
         self._c.flush(collection)
 
     def insert_rows(self, collection: str, rows: Sequence[dict[str, Any]]) -> int:
-        """Bulk insert rows as ``iter_rows`` yields them (snapshot restore); ``sparse`` is recomputed."""
+        """Bulk insert rows as ``iter_rows`` yields them (snapshot restore); ``lexical``/``sparse`` are recomputed."""
         collection = self._use(collection)
+        lexical = self._lexical(collection)
         for start in range(0, len(rows), 1000):
-            batch = [{k: v for k, v in r.items() if k != "sparse"} for r in rows[start:start + 1000]]
+            batch = [{k: v for k, v in r.items() if k not in ("sparse", "lexical")} for r in rows[start:start + 1000]]
+            if lexical:
+                for row in batch:
+                    row["lexical"] = _clip(analyze(row["text"]))
             self._c.upsert(collection, batch)
         return len(rows)
 
@@ -305,7 +316,8 @@ class IndexClient:
     def search_bm25(self, collection: str, text: str, k: int = 5, filter: str = "") -> list[Hit]:
         collection = self._use(collection)
         self._require_bm25(collection)
-        res = self._c.search(collection, [text], anns_field="sparse", limit=k, filter=filter,
+        query = self._bm25_query(collection, text)
+        res = self._c.search(collection, [query], anns_field="sparse", limit=k, filter=filter,
                              output_fields=list(_FIELDS), search_params={"metric_type": "BM25"},
                              consistency_level=SEARCH_CONSISTENCY)
         # Milvus Lite reports BM25 as a negated distance; flip it so higher is better everywhere.
@@ -319,7 +331,8 @@ class IndexClient:
             log.warning("%s has no BM25 field (Milvus server < 2.5): hybrid search degrades to dense", collection)
             return self.search_dense(collection, vector, k, filter)
         dense = AnnSearchRequest([list(vector)], "vector", {"metric_type": "COSINE"}, candidates, expr=filter or None)
-        sparse = AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, candidates, expr=filter or None)
+        query = self._bm25_query(collection, text)
+        sparse = AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, candidates, expr=filter or None)
         res = self._c.hybrid_search(collection, [dense, sparse], RRFRanker(rrf_k), limit=k,
                                     output_fields=list(_FIELDS), consistency_level=SEARCH_CONSISTENCY)
         return [_hit(h) for h in res[0]]
@@ -382,6 +395,19 @@ class IndexClient:
                 self._loaded.add(target)
         return physical
 
+    def _lexical(self, collection: str) -> bool:
+        return any(f["name"] == "lexical" for f in self._describe(collection)["fields"])
+
+    def _bm25_query(self, collection: str, text: str) -> str:
+        """The query as the generation's BM25 field holds text: analysed when it holds analysed terms."""
+        if not self._lexical(collection):
+            return text
+        meta = self.index_meta(collection)
+        if meta is not None and meta.analyzer != ANALYZER:
+            raise MilvusIndexError(f"{collection} was built with BM25 analyzer {meta.analyzer!r}, this ragtune "
+                                   f"analyses queries with {ANALYZER!r}: rebuild it (ragtune ingest --rebuild)")
+        return analyze(text) or text  # stop words only: never send an empty query; the raw words match nothing
+
     def _require_bm25(self, collection: str) -> None:
         if not self.has_bm25(collection):
             raise Bm25UnavailableError(f"{collection} has no BM25 field (this Milvus server does not support "
@@ -392,7 +418,10 @@ class IndexClient:
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta.dim)
-        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=meta.bm25)
+        lexical = meta.bm25 and bool(meta.analyzer)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=meta.bm25 and not lexical)
+        if lexical:
+            schema.add_field("lexical", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True)
         for field in ("uri", "path", "title", "section", "element_types"):
             schema.add_field(field, DataType.VARCHAR, max_length=2048)
         schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
@@ -403,7 +432,8 @@ class IndexClient:
         if meta.bm25:
             schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
             schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
-                                         input_field_names=["text"], output_field_names=["sparse"]))
+                                         input_field_names=["lexical" if lexical else "text"],
+                                         output_field_names=["sparse"]))
             index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self._c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
                                   properties={META_PROPERTY: meta.to_json()})
