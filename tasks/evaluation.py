@@ -46,7 +46,7 @@ def rank_questions(settings: Settings, collection: str, questions: list[str], mo
         if mode != "dense" and not index.has_bm25(physical):
             raise milvus.Bm25UnavailableError(f"{physical} has no BM25 field: evaluate with --mode dense")
         vectors = encode_queries(settings, questions) if mode != "bm25" else [None] * len(questions)
-        if mode == "dense":
+        if mode == "dense" and not settings.answer.chunks_per_page:
             return [list(h) for h in index.search_dense_many(physical, vectors, k)]
         return [search(index, physical, q, v, k, mode, settings) for q, v in zip(questions, vectors, strict=True)]
 

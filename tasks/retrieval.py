@@ -118,12 +118,31 @@ def _retrieve(settings: Settings, collection: str, question: str, k: int, mode: 
 
 
 def search(index: Any, collection: str, question: str, vector: Any, k: int, mode: str, settings: Settings) -> list[Hit]:
-    if mode == "dense":
-        return list(index.search_dense(collection, vector, k))
-    if mode == "bm25":
-        return list(index.search_bm25(collection, question, k))
+    """The top-``k`` chunks; with ``answer.chunks_per_page`` set, at most that many of one page among them."""
     answer = settings.answer
-    return list(index.search_hybrid(collection, question, vector, k, max(answer.hybrid_candidates, k), answer.rrf_k))
+    wanted = max(k, answer.hybrid_candidates) if answer.chunks_per_page else k
+    if mode == "dense":
+        hits = list(index.search_dense(collection, vector, wanted))
+    elif mode == "bm25":
+        hits = list(index.search_bm25(collection, question, wanted))
+    else:
+        hits = list(index.search_hybrid(collection, question, vector, wanted, max(answer.hybrid_candidates, wanted),
+                                        answer.rrf_k))
+    return per_page(hits, answer.chunks_per_page)[:k]
+
+
+def per_page(hits: list[Hit], limit: int) -> list[Hit]:
+    """``hits`` in order, keeping at most ``limit`` of each page (0 = all)."""
+    if not limit:
+        return hits
+    seen: dict[str, int] = {}
+    kept = []
+    for hit in hits:
+        page = hit.path or hit.uri
+        seen[page] = seen.get(page, 0) + 1
+        if seen[page] <= limit:
+            kept.append(hit)
+    return kept
 
 
 def _message(exc: Exception) -> str:

@@ -63,6 +63,32 @@ def test_hybrid_finds_an_exact_identifier_that_dense_misses(kb: Settings) -> Non
     assert set(found.timings) == {"embed_s", "search_s"} and found.collection == "docs__g1"
 
 
+def test_bm25_matches_word_forms_and_identifier_parts(settings: Settings) -> None:
+    """The index stems and drops stop words: "scaling" finds "scale", "map batches" finds map_batches."""
+    index_texts(settings, "docs", {"a.md": "Replicas scale with the length of the request queue.",
+                                   "b.md": "Call Dataset.map_batches on the dataset.",
+                                   "c.md": "The cat sat on the mat, and that is all there is to it."})
+    assert top_uri(settings, "How is scaling of a replica done?", "bm25") == "a.md"
+    assert top_uri(settings, "what do map batches do", "bm25") == "b.md"
+    assert retrieve(settings, "docs", "the that is", 3, "bm25").hits == []  # stop words only: no terms, no error
+
+
+def test_chunks_per_page_ranks_pages_by_their_best_chunk(settings: Settings) -> None:
+    texts = ["The vacuum battery lasts 90 minutes.", "Charge the vacuum battery for 4 hours.",
+             "The vacuum battery can be replaced."]
+    chunks = [Chunk(doc_id_for("guide.md"), i, t, "guide.md", path="guide.md") for i, t in enumerate(texts)]
+    chunks.append(Chunk(doc_id_for("other.md"), 0, "Replacing the printer toner.", "other.md", path="other.md"))
+    vectors = encode_queries(settings, [c.text for c in chunks])
+    with milvus.connect(settings) as index:
+        name = index.ensure_generation("docs", IndexMeta(EMBEDDING_MODEL_NAME, int(vectors.shape[1]), {"test": True}))
+        index.upsert_chunks(name, chunks, vectors)
+        index.flush(name)
+    for mode in ("dense", "hybrid"):
+        assert [h.path for h in retrieve(settings, "docs", "vacuum battery", 2, mode).hits] == ["guide.md"] * 2
+        one = settings.model_copy(update={"answer": settings.answer.model_copy(update={"chunks_per_page": 1})})
+        assert [h.path for h in retrieve(one, "docs", "vacuum battery", 2, mode).hits] == ["guide.md", "other.md"]
+
+
 def test_dense_retrieval_ranks_by_meaning(kb: Settings) -> None:
     hits = retrieve(kb, "docs", "how many minutes does the vacuum run on one charge", 3, "dense").hits
     assert hits[0].uri == "manual.md" and hits[0].score > hits[1].score
