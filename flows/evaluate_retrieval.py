@@ -20,7 +20,7 @@ from flows.ingest import ingest_documents
 from ragtune.settings import get_settings
 from tasks.beir import evaluate_run, load_beir
 from tasks.evaluation import CHUNKS_PER_DOC, beir_run, eval_alias, materialize_corpus, page_rankings, rank_questions
-from tasks.page_eval import hit_at_k, load_questions
+from tasks.page_eval import hit_at_k, load_questions, source_pages, sourced_hits
 
 
 @flow(name="evaluate-beir")
@@ -48,6 +48,7 @@ def evaluate_pages(questions: str, docs: str, k: int = 5, mode: str = "hybrid") 
     pages = page_rankings(rank_questions(settings, alias, [q.question for q in asked], mode, max(cutoffs)))
     gold = [q.page for q in asked]
     result: dict[str, Any] = {f"hit@{c}": round(hit_at_k(pages, gold, c), 4) for c in cutoffs}
+    result |= sourced_hits(pages, gold, source_pages(Path(docs)), cutoffs)
     get_run_logger().info("%d questions, %s: %s", len(asked), mode, result)
     return {"hit@k": result[f"hit@{k}"], "k": k, **result, "mode": mode, "questions": len(asked), "collection": alias}
 

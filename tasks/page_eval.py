@@ -52,9 +52,23 @@ def load_questions(path: Path) -> list[PageQuestion]:
     return out
 
 
+def source_pages(docs: Path) -> set[str]:
+    """The pages the docs folder has a source file for (a question about any other page cannot hit
+    unless the ingestion models the build's generated pages)."""
+    return {page_of_file(str(f.relative_to(docs))) for f in docs.rglob("*") if f.is_file()}
+
+
 def hit_at_k(ranked_pages: Sequence[Sequence[str]], gold: Sequence[str], k: int) -> float:
     """Share of questions whose gold page is among the pages of their top-``k`` chunks."""
     if len(ranked_pages) != len(gold):
         raise ValueError("one ranked page list per question is needed")
     hits = sum(g in set(pages[:k]) for pages, g in zip(ranked_pages, gold, strict=True))
     return hits / len(gold) if gold else 0.0
+
+
+def sourced_hits(ranked_pages: Sequence[Sequence[str]], gold: Sequence[str], sources: set[str],
+                 cutoffs: Sequence[int]) -> dict[str, float]:
+    """hit@k over the questions whose page has a source file (``sourced_questions`` of them)."""
+    keep = [i for i, page in enumerate(gold) if page in sources]
+    kept = ([ranked_pages[i] for i in keep], [gold[i] for i in keep])
+    return {"sourced_questions": len(keep), **{f"sourced_hit@{c}": round(hit_at_k(*kept, c), 4) for c in cutoffs}}

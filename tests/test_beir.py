@@ -18,7 +18,7 @@ from tasks.beir import (
     recall_at_k,
     write_corpus,
 )
-from tasks.page_eval import hit_at_k, load_questions, page_of_file, page_of_url
+from tasks.page_eval import hit_at_k, load_questions, page_of_file, page_of_url, sourced_hits
 
 # 1/log2(3) = 0.6309298, 1/log2(5) = 0.4306766
 QRELS = {
@@ -91,6 +91,7 @@ def test_page_mapping_and_hit_at_k(tmp_path: Path) -> None:
     ranked = [["a", "b", "c"], ["c", "c", "d"], ["x"]]
     assert hit_at_k(ranked, ["b", "d", "y"], 2) == pytest.approx(1 / 3)
     assert hit_at_k(ranked, ["b", "d", "y"], 3) == pytest.approx(2 / 3)
+    assert sourced_hits(ranked, ["b", "d", "y"], {"b", "d"}, [2]) == {"sourced_questions": 2, "sourced_hit@2": 0.5}
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "x"}\n')
     with pytest.raises(ValueError, match="q.jsonl:1"):
@@ -165,3 +166,4 @@ def test_eval_pages_reports_hit_at_k(tmp_path: Path, env: Settings, prefect_harn
     result = run_cli("eval", "pages", str(questions), "--docs", str(docs), "--k", "2", "--mode", "hybrid", "--json")
     assert result["hit@k"] == result["hit@2"] == pytest.approx(2 / 3, abs=1e-4)
     assert result["hit@1"] == pytest.approx(2 / 3, abs=1e-4) and result["questions"] == 3
+    assert result["sourced_questions"] == 2 and result["sourced_hit@2"] == 1.0  # the page without a file left out
