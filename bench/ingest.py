@@ -181,7 +181,8 @@ def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
             time.sleep(0.05)
         chunks = index.count("docs")
     return {"event_to_searchable_s": round(time.perf_counter() - start, 3), "index_chunks": chunks,
-            "updated": report["updated"], "document": target.path}
+            "updated": report["updated"], "document": target.path, "stage_seconds": report["seconds"],
+            "process_s": round(time.perf_counter() - start_process, 3)}
 
 
 STEPS = {"ingest": step_ingest, "raw": step_raw, "pad": step_pad, "event": step_event,

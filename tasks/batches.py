@@ -18,8 +18,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from ragtune.settings import Settings
 from tasks.chunking import DocInfo, chunk_elements, load_tokenizer
-from tasks.indexing import Run, RunStats, embedder
+from tasks.indexing import Run, RunStats, embedder, parser_pool
 from tasks.inventory import SourceFile, content_hash
 from tasks.models import embedding_source
 from tasks.parsing import Element
@@ -84,10 +85,15 @@ def _prepare(run: Run, files: Sequence[SourceFile]) -> Prepared:
         run.index.write_records(run.collection, [_record(f, h, "pending") for f, _, h in todo])
         run.index.flush_records(run.collection)
         prep.parsed = run.executor.submit(_parse, run, todo)
-        if not run.warming:  # the first batch: load the model while its documents parse
+        if not run.warming:  # the first batch: load the tokenizer and the model while its documents parse
             run.warming = True
-            threading.Thread(target=embedder, args=(run.settings,), daemon=True).start()
+            threading.Thread(target=_warm, args=(run.settings,), daemon=True).start()
     return prep
+
+
+def _warm(settings: Settings) -> None:
+    load_tokenizer(str(embedding_source(settings.models.embedding).path))  # ~1 s in a cold process
+    embedder(settings)
 
 
 def _read(run: Run, files: Sequence[SourceFile], prep: Prepared) -> list[tuple[SourceFile, Path, str]]:
@@ -119,7 +125,7 @@ def _parse(run: Run, todo: list[tuple[SourceFile, Path, str]]) -> list[tuple[Sou
     by_key = {f.doc_id: (f, path, digest) for f, path, digest in todo}
     out: list[tuple[SourceFile, str, list[Element] | str]] = []
     start = time.perf_counter()
-    for key, result in run.pool.parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
+    for key, result in parser_pool(run.settings, len(todo)).parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
         f, path, digest = by_key[key]
         path.unlink(missing_ok=True)
         out.append((f, digest, result))

@@ -74,17 +74,20 @@ class Run:
     prefetched: dict[tuple[str, ...], Any] = field(default_factory=dict)  # tasks.batches.Prepared by batch
     warming: bool = False
 
-    @property
-    def pool(self) -> ParserPool:
-        """Started lazily (an unchanged re-run never pays for parser processes) and kept for the process:
-        a served deployment answers the next event without restarting workers (seconds each)."""
-        return parser_pool(self.settings)
 
-
-def parser_pool(settings: Settings) -> ParserPool:
+def parser_pool(settings: Settings, documents: int = 0) -> ParserPool:
+    """The process's parser pool: started lazily (an unchanged re-run never pays for parser processes)
+    and kept for the process (a served deployment answers the next event without restarting workers).
+    First use starts one worker per free core (at most 2), or fewer when it has fewer documents: a
+    one-document event in a cold process should not spend a core importing a parser that gets no file."""
     ing = settings.ingest
     limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
-    return _shared_pool(limits, default_workers(ing.parse_workers))
+    with _POOLS_LOCK:
+        if limits not in _POOLS:
+            workers = default_workers(ing.parse_workers)
+            _POOLS[limits] = pool = ParserPool(min(workers, documents) if documents else workers, limits)
+            atexit.register(pool.__exit__, None, None, None)
+        return _POOLS[limits]
 
 
 def warm_up(settings: Settings) -> None:
@@ -93,11 +96,8 @@ def warm_up(settings: Settings) -> None:
     parser_pool(settings)
 
 
-@lru_cache(maxsize=2)
-def _shared_pool(limits: ParseLimits, workers: int) -> ParserPool:
-    pool = ParserPool(workers, limits)
-    atexit.register(pool.__exit__, None, None, None)
-    return pool
+_POOLS: dict[ParseLimits, ParserPool] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def index_meta(settings: Settings) -> IndexMeta:
