@@ -247,7 +247,6 @@ def _preload() -> None:
     partition_text(text="Another sentence to tag.")
 
 
-
 def cache_pandoc_formats() -> None:
     """Ask pandoc for its format lists once per worker, not on every conversion.
 
