@@ -123,15 +123,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         state.advance(len(micro), time.perf_counter() - started, *_token_counts(accelerator, micro))
         state.record_train_loss(loss)
         state.out_of_time = _out_of_time(accelerator, trained_since, cfg.max_minutes)
-        last = state.step == total_steps or state.out_of_time
-        if state.step % cfg.log_every == 0 or last:
+        final_step = state.step == total_steps or state.out_of_time
+        if state.step % cfg.log_every == 0 or final_step:
             say("step", step=state.step, loss=round(loss, 4), lr=scheduler.get_last_lr()[0], **state.speed())
-        if state.step % cfg.eval_every == 0 or last:
+        if state.step % cfg.eval_every == 0 or final_step:
             if state.record_eval(state.step, evaluate(), cfg.min_delta):
                 ckpt.save_best(accelerator, model, run_dir)
             state.stopped_early = 0 < cfg.patience <= state.evals_since_best
             say("eval", step=state.step, eval_loss=state.evals[-1]["eval_loss"], best=state.best_loss)
-        if state.step % cfg.save_every == 0 or last or state.stopped_early:
+        if state.step % cfg.save_every == 0 or final_step or state.stopped_early:
             ckpt.save_checkpoint(accelerator, run_dir, state, cfg.keep_checkpoints)
         if cfg.stop_after and state.step >= cfg.stop_after and state.step < total_steps:
             say("stopped", step=state.step)  # as if killed here: the run is left to --resume
