@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ragtune.settings import S3Settings, Settings
@@ -21,7 +20,7 @@ from tasks.milvus import IndexClient
 from tasks.s3 import S3Store
 from tasks.snapshot import BULK_STAGE, export_snapshot, restore_snapshot, upload_snapshot
 from tests.conftest import _free_port_block, _keep_milvus_binaries, _seed_milvus_binaries, wait_for_metrics_port
-from tests.test_release import _index
+from tests.test_release import _index, assert_restored
 
 pytestmark = pytest.mark.integration
 MILVUS_BUCKET = "milvus-data"
@@ -62,12 +61,7 @@ def test_bulk_import_from_the_bucket_milvus_stores_its_data_in(s3_settings: Sett
         result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1",
                                   serve=True, bulk_bucket=milvus_bucket)
         assert result.rows == 40
-        queries = vectors[:8] + 0.1
-        before, after = source.search_dense_many("docs", queries, k=5), server.search_dense_many(alias, queries, k=5)
-        assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
-        assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before],
-                           atol=1e-5)
-        assert server.read_records(alias) == source.read_records("docs")
+        assert_restored(source, server, alias, vectors)
     assert not (tmp_path / "restore" / snap.snapshot_id / "part-00000.parquet").exists()  # never downloaded
     assert not list(milvus_bucket.list(f"{BULK_STAGE}/"))  # the copies are removed after the import
     stored = [o.key for o in S3Store(s3_settings, bucket=MILVUS_BUCKET, prefix="").list()]

@@ -233,6 +233,17 @@ def test_not_a_checkpoint_is_refused(store: S3Store, tmp_path: Path) -> None:
 
 
 # --- index snapshots: Milvus Lite -> S3 -> a fresh Milvus Lite ------------------------------------------
+def assert_restored(source: IndexClient, restored: IndexClient, alias: str, vectors: np.ndarray) -> None:
+    """The restored collection answers as the source does: same ids, scores, texts, metadata and record."""
+    queries = vectors[:8] + 0.1
+    before, after = source.search_dense_many("docs", queries, k=5), restored.search_dense_many(alias, queries, k=5)
+    assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
+    assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before],
+                       atol=1e-5)
+    assert after[0][0].text == before[0][0].text and after[0][0].metadata == before[0][0].metadata
+    assert restored.read_records(alias) == source.read_records("docs")
+
+
 def _index(path: Path, n: int = 40, dim: int = 16) -> tuple[IndexClient, np.ndarray]:
     client = IndexClient(str(path))
     gen = client.ensure_generation("docs", IndexMeta("test-embedder", dim, {"max_tokens": 64}))
@@ -417,13 +428,7 @@ def test_snapshot_bulk_imports_into_a_milvus_server(store: S3Store, tmp_path: Pa
         result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1",
                                   serve=True, bulk_dir=milvus_import_dir)
         assert result.rows == 40
-        queries = vectors[:8] + 0.1
-        before, after = source.search_dense_many("docs", queries, k=5), server.search_dense_many(alias, queries, k=5)
-        assert [[h.id for h in hits] for hits in after] == [[h.id for h in hits] for hits in before]
-        assert np.allclose([[h.score for h in hits] for hits in after], [[h.score for h in hits] for hits in before],
-                           atol=1e-5)
-        assert after[0][0].text == before[0][0].text and after[0][0].metadata == before[0][0].metadata
-        assert server.read_records(alias) == source.read_records("docs")
+        assert_restored(source, server, alias, vectors)
         with pytest.raises(MilvusIndexError, match="no such file"):  # the server's own error, said clearly
             server.bulk_import(alias, [str(tmp_path / "missing.parquet")])
     assert not list((milvus_import_dir / BULK_STAGE).iterdir())  # staged copies removed
