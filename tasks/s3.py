@@ -218,17 +218,8 @@ class S3Store:
 
     def list(self, relative_prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects under a prefix; keys are returned relative to this store's prefix."""
-        paginator = self._client.get_paginator("list_objects_v2")
-        strip = len(self.key("")) if self.prefix else 0
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(relative_prefix)):
-                for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][strip:], obj["Size"], obj["ETag"].strip('"'), obj["LastModified"])
-        except ClientError as exc:
-            raise S3Error(f"S3 list failed at {self.endpoint} bucket {self.bucket!r}: "
-                          f"{exc.response.get('Error', {}).get('Code')}") from None
-        except BotoCoreError as exc:
-            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
+        for key, obj in self._listing("list", "list_objects_v2", "Contents", relative_prefix):
+            yield ObjectInfo(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"])
 
     def delete(self, relatives: Sequence[str]) -> int:
         for start in range(0, len(relatives), 1000):
@@ -243,21 +234,26 @@ class S3Store:
 
     def list_uploads(self, relative_prefix: str = "") -> Iterator[Upload]:
         """Incomplete multipart uploads under a prefix (a killed or failed upload leaves them)."""
-        paginator = self._client.get_paginator("list_multipart_uploads")
-        strip = len(self.key("")) if self.prefix else 0
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(relative_prefix)):
-                for up in page.get("Uploads", []):
-                    yield Upload(up["Key"][strip:], up["UploadId"], up["Initiated"])
-        except ClientError as exc:
-            raise self._client_error("list_multipart_uploads", exc) from None
-        except BotoCoreError as exc:
-            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
+        for key, up in self._listing("list_multipart_uploads", "list_multipart_uploads", "Uploads", relative_prefix):
+            yield Upload(key, up["UploadId"], up["Initiated"])
 
     def abort_upload(self, upload: Upload) -> None:
         """Abort an incomplete multipart upload: the server frees its parts."""
         self._call("abort_multipart_upload", self._client.abort_multipart_upload, Bucket=self.bucket,
                    Key=self.key(upload.key), UploadId=upload.upload_id)
+
+    def _listing(self, what: str, operation: str, field: str, relative_prefix: str) -> Iterator[tuple[str, Any]]:
+        """(key relative to this store's prefix, item) for each ``field`` item of a paginated listing."""
+        paginator = self._client.get_paginator(operation)
+        strip = len(self.key("")) if self.prefix else 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(relative_prefix)):
+                for item in page.get(field, []):
+                    yield item["Key"][strip:], item
+        except ClientError as exc:
+            raise self._client_error(what, exc) from None
+        except BotoCoreError as exc:
+            raise S3Error(f"S3 unreachable at {self.endpoint}: {type(exc).__name__}") from None
 
 
 def file_sha256(path: Path) -> str:
