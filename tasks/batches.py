@@ -55,7 +55,7 @@ def index_batch(run: Run, files: Sequence[SourceFile], upcoming: Sequence[Source
             else:
                 parsed[f.doc_id] = (f, digest, result)
     with run.stats.timed("chunk"):
-        tokenizer = load_tokenizer(str(embedding_source(run.settings.models.embedding).path))
+        tokenizer = _tokenizer(run.settings)
         chunks = {d: chunk_elements(els, _doc_info(f, h), tokenizer, run.settings.ingest.max_tokens)
                   for d, (f, h, els) in parsed.items()}
     flat = [c for cs in chunks.values() for c in cs]
@@ -92,8 +92,13 @@ def _prepare(run: Run, files: Sequence[SourceFile]) -> Prepared:
 
 
 def _warm(settings: Settings) -> None:
-    load_tokenizer(str(embedding_source(settings.models.embedding).path))  # ~1 s in a cold process
+    _tokenizer(settings)  # ~1 s in a cold process
     embedder(settings)
+
+
+def _tokenizer(settings: Settings) -> Any:
+    """The embedding model's tokenizer, which measures the chunk budget (loaded once per process)."""
+    return load_tokenizer(str(embedding_source(settings.models.embedding).path))
 
 
 def _read(run: Run, files: Sequence[SourceFile], prep: Prepared) -> list[tuple[SourceFile, Path, str]]:
