@@ -13,7 +13,7 @@ record persists and no step pays for an in-process cache:
 4. one document changed: time from its change event to the changed text being searchable, in a
    warm process (model and parsers loaded, as a long-lived worker holds them) and a cold one, on an
    index of at least ``--index-chunks`` chunks (a smaller corpus is topped up with synthetic rows:
-   random unit vectors and filler text under their own document ids, which no question matches).
+   bench/query.py's random unit vectors and Zipf-word texts under their own document ids).
 
 The last stdout line is one JSON object.
 """
@@ -123,9 +123,8 @@ def step_raw(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_pad(args: argparse.Namespace) -> dict[str, Any]:
-    """Top the index up to ``--index-chunks`` rows with synthetic chunks (their own doc ids; flushed)."""
-    import numpy as np
-
+    """Top the index up to ``--index-chunks`` rows with bench/query.py's synthetic chunks (flushed)."""
+    from bench.query import synthetic_corpus, synthetic_row
     from ragtune.settings import get_settings
     from tasks.milvus import IndexClient
 
@@ -133,21 +132,12 @@ def step_pad(args: argparse.Namespace) -> dict[str, Any]:
     with IndexClient.from_settings(settings) as index:
         name = settings.milvus.collection
         missing = max(0, args.index_chunks - index.count(name))
-        rng = np.random.default_rng(0)
+        vectors, texts = synthetic_corpus(missing)
         for lo in range(0, missing, 2000):
-            n = min(2000, missing - lo)
-            vectors = rng.standard_normal((n, 384)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            index.insert_rows(name, [_pad_row(lo + i, v) for i, v in enumerate(vectors)])
+            rows = range(lo, min(lo + 2000, missing))
+            index.insert_rows(name, [synthetic_row(i, vectors[i], texts[i]) for i in rows])
         index.flush(name)
         return {"added": missing, "index_chunks": index.count(name)}
-
-
-def _pad_row(i: int, vector: Any) -> dict[str, Any]:
-    doc = f"pad-{i // 8:06d}"
-    return {"id": f"{doc}-{i % 8}", "doc_id": doc, "vector": vector.tolist(), "text": f"filler chunk {i} " * 20,
-            "uri": f"bench://{doc}", "path": f"{doc}.md", "title": "", "section": "", "element_types": "NarrativeText",
-            "doc_hash": "", "page": 0, "chunk_index": i % 8}
 
 
 def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:

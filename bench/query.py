@@ -58,7 +58,8 @@ def build_collection(uri: str, vectors: np.ndarray, texts: list[str]) -> tuple[s
         name = index.ensure_generation("bench", meta)
         if index.count(name) != len(texts):
             for lo in range(0, len(texts), 5000):
-                index.insert_rows(name, [_row(i, vectors[i], texts[i]) for i in range(lo, min(lo + 5000, len(texts)))])
+                rows = range(lo, min(lo + 5000, len(texts)))
+                index.insert_rows(name, [synthetic_row(i, vectors[i], texts[i]) for i in rows])
             index.flush(name)
         wait_indexed(index, name, len(texts))
     return name, time.perf_counter() - start
@@ -75,7 +76,7 @@ def wait_indexed(index: milvus.IndexClient, name: str, rows: int, timeout_s: flo
     raise SystemExit(f"{name}: the vector index did not cover {rows} rows within {timeout_s:.0f} s")
 
 
-def _row(i: int, vector: np.ndarray, text: str) -> dict[str, Any]:
+def synthetic_row(i: int, vector: np.ndarray, text: str) -> dict[str, Any]:
     return {"id": f"bench-{i:07d}", "doc_id": f"doc-{i // 4:06d}", "vector": vector.tolist(), "text": text,
             "uri": f"bench://doc-{i // 4:06d}", "path": f"doc-{i // 4:06d}.md", "title": "", "section": "",
             "element_types": "NarrativeText", "doc_hash": "", "page": 0, "chunk_index": i % 4}
