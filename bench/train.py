@@ -73,7 +73,7 @@ def ours(args: argparse.Namespace, data: Path, work: Path, profile: str, threads
                   "--method", args.method, "--max-seq-len", str(args.max_seq_len), "--batch-rows", str(args.batch),
                   "--grad-accum", "1", "--max-steps", str(args.steps), "--epochs", "100", "--eval-every", "100000",
                   "--save-every", "100000", "--log-every", "1", "--patience", "0", "--threads", str(threads),
-                  "--expect-world-size", str(spec.world_size)]
+                  "--expect-world-size", str(spec.world_size), "--bf16", "yes" if _bf16(not spec.use_cpu) else "no"]
     result = stream(launch_command(spec, train_args), launch_env(spec, threads), lambda e: None)
     return {"tokens_per_s": result["tokens_per_s"], "useful_tokens_per_s": result["useful_tokens_per_s"],
             "world_size": result["world_size"]}
@@ -132,9 +132,9 @@ def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
 def _bf16(cuda: bool) -> bool:
     import torch
 
-    from tasks.models import cpu_has_bf16
+    from tasks.models import cpu_bf16_pays
 
-    return torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
+    return torch.cuda.is_bf16_supported() if cuda else cpu_bf16_pays(torch.get_num_threads())
 
 
 def run_trainer(args: argparse.Namespace, data: Path, work: Path, threads: int) -> dict[str, Any]:

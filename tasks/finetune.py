@@ -77,6 +77,15 @@ def launch_command(profile: Profile, train_args: list[str]) -> list[str]:
     return [*launch, "-m", "tasks.training.train", *train_args]
 
 
+def resolve_bf16(choice: str, profile: Profile, threads: int) -> str:
+    """``auto`` on CPU decided here, once: ranks measuring for themselves could disagree."""
+    if choice != "auto" or not profile.use_cpu:
+        return choice
+    from tasks.models import cpu_bf16_pays
+
+    return "yes" if cpu_bf16_pays(threads) else "no"
+
+
 def launch_env(profile: Profile, threads: int) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     if profile.use_cpu:
@@ -140,6 +149,7 @@ def train_model(settings: Settings, data_dir: Path, version: str, profile_name: 
     base = generator_source(settings.cache_dir, settings.models.generator).path
     args = {"data-dir": data_dir, "output-dir": run_dir, "base-model": base, "preset": preset, "method": method,
             "threads": threads, "expect-world-size": profile.world_size, **(overrides or {})}
+    args["bf16"] = resolve_bf16(str(args.get("bf16", "auto")), profile, threads)
     cmd = launch_command(profile, [*_flags(args), *(["--resume"] if resume else [])])
     logger.info("launching %s (%s, %d process(es)) in %s", profile.name, method, profile.world_size, run_dir)
     result = stream(cmd, launch_env(profile, threads), lambda e: logger.info("%s", json.dumps(e)))

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -128,6 +129,40 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@lru_cache
+def cpu_bf16_pays(threads: int = 0) -> bool:
+    """bf16 on this CPU only if a model-sized matmul measures faster than fp32 (about 0.5 s, once per process).
+
+    Having the instructions is not enough: one AVX-512 bf16 VM ran bf16 GEMMs at 0.54-0.65x fp32 and
+    SmolLM2 training at 0.65x (docs/training.md); elsewhere the same model trains 2x faster in bf16.
+    """
+    if not cpu_has_bf16():
+        return False
+    import torch
+
+    previous = torch.get_num_threads()
+    configure_torch(threads)
+    try:
+        fp32, bf16 = (_matmul_seconds(torch, dtype) for dtype in (torch.float32, torch.bfloat16))
+    finally:
+        torch.set_num_threads(previous)
+    return bf16 < 0.9 * fp32
+
+
+def _matmul_seconds(torch: Any, dtype: Any) -> float:
+    """Best of five rounds of ten (512 x 576) @ (576 x 1536) products: SmolLM2's MLP shape."""
+    a, b = torch.randn(512, 576).to(dtype), torch.randn(576, 1536).to(dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def load_embedder(override: str = "", device: str = "cpu") -> SentenceTransformer:

@@ -187,6 +187,21 @@ def test_config_precedence_and_validation(capsys: pytest.CaptureFixture[str]) ->
         parse_config([])
 
 
+def test_bf16_auto_is_decided_once_by_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import models
+    from tasks.finetune import resolve_bf16
+
+    cpu, gpu = load_profile("cpu-2proc"), load_profile("single-gpu")
+    assert resolve_bf16("yes", cpu, 1) == "yes" and resolve_bf16("no", cpu, 1) == "no"
+    assert resolve_bf16("auto", gpu, 1) == "auto"  # each GPU rank asks CUDA, which cannot disagree
+    decided = resolve_bf16("auto", cpu, 1)
+    assert decided in ("yes", "no") and decided == ("yes" if models.cpu_bf16_pays(1) else "no")
+    models.cpu_bf16_pays.cache_clear()
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert resolve_bf16("auto", cpu, 1) == "no"  # no instructions: nothing to measure
+    models.cpu_bf16_pays.cache_clear()
+
+
 # -- evaluation metrics --------------------------------------------------------------------------------
 def test_text_metrics() -> None:
     assert token_f1("The sum is 7 [1].", "the sum is 7") == 1.0

@@ -50,7 +50,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    bf16: str = "auto"  # auto = CUDA with bf16, or a CPU with AVX-512 bf16 / AMX
+    bf16: str = "auto"  # auto = CUDA with bf16, or a CPU where bf16 measures faster than fp32
     cpu: bool = False  # force CPU even when CUDA is present
     attention: str = "auto"  # auto = packed_sdpa on CPU (per-example causal attention), sdpa on GPU
     threads: int = 0  # torch threads per process; 0 = free cores / processes
@@ -86,13 +86,15 @@ class TrainConfig:
         return "packed_sdpa" if on_cpu and self.packing else "sdpa"
 
     def use_bf16(self, on_cpu: bool) -> bool:
+        """auto: bf16 on CUDA that supports it; on a CPU only where it measures faster (the launcher decides
+        once and passes ``--bf16 yes|no``, so every rank agrees)."""
         import torch
 
-        from tasks.models import cpu_has_bf16
+        from tasks.models import cpu_bf16_pays
 
         if self.bf16 != "auto":
             return self.bf16 == "yes"
-        return cpu_has_bf16() if on_cpu else torch.cuda.is_bf16_supported()
+        return cpu_bf16_pays(self.threads) if on_cpu else torch.cuda.is_bf16_supported()
 
     def lr_lambda(self, total_steps: int) -> Callable[[int], float]:
         """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak at ``total_steps``."""
