@@ -69,8 +69,8 @@ def wait_indexed(index: milvus.IndexClient, name: str, rows: int, timeout_s: flo
     """Block until the vector index covers every row: searches during the background build measure the build."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        info = index._c.describe_index(name, "vector")
-        if int(info.get("indexed_rows", 0)) >= rows and info.get("state", "Finished") == "Finished":
+        indexed, finished = index.index_progress(name)
+        if indexed >= rows and finished:
             return
         time.sleep(1.0)
     raise SystemExit(f"{name}: the vector index did not cover {rows} rows within {timeout_s:.0f} s")

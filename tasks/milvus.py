@@ -25,6 +25,7 @@ from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusC
 from pymilvus.exceptions import MilvusException
 
 from ragtune.settings import Settings
+from tasks import milvus_lite_speedup
 from tasks.analyzer import ANALYZER, analyze
 from tasks.types import METADATA_FIELDS, Chunk, DocRecord, Hit, IndexMeta
 
@@ -90,6 +91,7 @@ class IndexClient:
         self.uri = uri
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            milvus_lite_speedup.enable()  # Milvus Lite runs in this process: its searches, patched here
         try:
             self._c = MilvusClient(uri=uri, token=token, timeout=timeout, **_grpc_options(uri))
         except MilvusException as exc:
@@ -282,6 +284,14 @@ class IndexClient:
                 yield [dict(r) for r in batch]
         finally:
             it.close()
+
+    def index_progress(self, collection: str) -> tuple[int, bool]:
+        """Rows the vector index covers and whether its build has finished (a server builds in the background)."""
+        physical = self.resolve(collection)
+        if physical is None:
+            raise MilvusIndexError(f"no collection or alias {collection!r} at {self.uri}")
+        info = self._c.describe_index(physical, "vector")
+        return int(info.get("indexed_rows", 0)), info.get("state", "Finished") == "Finished"
 
     def chunk_ids(self, collection: str, doc_ids: Sequence[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {d: [] for d in doc_ids}

@@ -1,0 +1,169 @@
+"""tasks/milvus_lite_speedup.py returns exactly what upstream Milvus Lite returns, on a real Milvus Lite.
+
+Each check runs the same searches (dense, BM25, hybrid; scalar filters; partitions; several queries)
+with the patch off and on, and asserts identical ids, distances and entities, at every state the
+masks must get right: several segments, the same key upserted across flushes, memtable versions of
+flushed keys, deletes in the memtable and flushed as tombstones, a key moved to another partition,
+a delete followed by a re-insert, and a compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+
+from tasks import milvus_lite_speedup
+
+DIM = 8
+WORDS = [f"w{i}" for i in range(40)]
+NAME = "diff"
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Any:
+    path = str(tmp_path / "lite.db")
+    client = MilvusClient(path)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=16)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("text", DataType.VARCHAR, max_length=512, enable_analyzer=True)
+    schema.add_field("tag", DataType.VARCHAR, max_length=8)
+    schema.add_field("n", DataType.INT64)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["text"],
+                                 output_field_names=["sparse"]))
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+    index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    client.create_collection(NAME, schema=schema, index_params=index)
+    for partition in ("a", "b"):
+        client.create_partition(NAME, partition)
+    yield client, path
+    client.close()
+    milvus_lite_speedup.enable()
+
+
+def test_patched_searches_equal_upstream_through_upserts_deletes_and_compaction(lite: Any) -> None:
+    client, path = lite
+    rng = np.random.default_rng(3)
+    rows = _rows(rng, range(0, 150), "x")
+    client.insert(NAME, rows[:100], partition_name="a")
+    client.insert(NAME, rows[100:], partition_name="b")
+    _flush(client, path)
+    client.insert(NAME, _rows(rng, range(150, 300), "y"), partition_name="a")
+    _flush(client, path)
+    _check(client, rng, deleted=set())
+
+    client.upsert(NAME, (again := _rows(rng, range(0, 40), "y")), partition_name="a")  # same keys, next segment
+    _flush(client, path)
+    _check(client, rng, deleted=set(), newest=again)
+
+    client.upsert(NAME, (fresh := _rows(rng, range(40, 60), "x")), partition_name="a")  # memtable versions
+    client.insert(NAME, _rows(rng, range(300, 310), "x"), partition_name="b")  # memtable-only keys
+    deleted = {_pk(i) for i in (*range(100, 115), *range(40, 45), 301)}  # flushed, memtable-shadowed, memtable-only
+    client.delete(NAME, ids=sorted(deleted))
+    _check(client, rng, deleted=deleted, newest=fresh[5:])
+
+    _flush(client, path)  # the memtable deletes become tombstones
+    _check(client, rng, deleted=deleted, newest=fresh[5:])
+
+    client.upsert(NAME, _rows(rng, [120], "x"), partition_name="a")  # a key moved from partition b to a
+    client.delete(NAME, filter="n < 5")
+    client.insert(NAME, (back := _rows(rng, [2], "y")), partition_name="b")  # deleted, then inserted again
+    _check(client, rng, deleted=deleted | {_pk(i) for i in (0, 1, 3, 4)}, newest=back)
+
+    _flush(client, path)  # a fourth data file in partition a: the background compaction merges them
+    _check(client, rng, deleted=deleted | {_pk(i) for i in (0, 1, 3, 4)}, newest=back)
+
+
+def test_another_milvus_lite_version_keeps_upstream_search(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    milvus_lite_speedup.disable()
+    monkeypatch.setattr(milvus_lite_speedup, "_refused", [])
+    monkeypatch.setattr(milvus_lite_speedup.metadata, "version", lambda name: "3.3.0")
+    with caplog.at_level(logging.WARNING):
+        assert not milvus_lite_speedup.enable()
+        assert not milvus_lite_speedup.enable()
+    assert not milvus_lite_speedup.active()
+    assert [r.getMessage() for r in caplog.records] == [
+        "milvus-lite 3.3.0: search speedup off (written for 3.2.2); searches walk every row in Python"]
+    monkeypatch.undo()
+    assert milvus_lite_speedup.enable() and milvus_lite_speedup.active()
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def _pk(i: int) -> str:
+    return f"r{i:04d}"
+
+
+def _rows(rng: np.random.Generator, ids: Any, tag: str) -> list[dict[str, Any]]:
+    out = []
+    for i in ids:
+        words = rng.choice(WORDS, size=6, p=_zipf(len(WORDS)))
+        out.append({"id": _pk(i), "vector": _unit(rng).tolist(), "text": " ".join(words), "tag": tag, "n": int(i)})
+    return out
+
+
+def _zipf(n: int) -> np.ndarray:
+    p = 1.0 / np.arange(1, n + 1)
+    return p / p.sum()
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _flush(client: MilvusClient, path: str) -> None:
+    """Flush, then wait for Milvus Lite's background compaction and index builds: both change what a
+    search sees (BM25 statistics are per segment), so both sides of a comparison must see the same."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    client.flush(NAME)
+    _server, db, _port = server_manager_instance._servers[os.path.abspath(path)]
+    db.get_collection(NAME)._wait_for_bg(timeout=60)
+
+
+def _searches(client: MilvusClient, queries: list[list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields = ["id", "tag", "n", "text"]
+    cases: dict[str, dict[str, Any]] = {
+        "dense": {}, "dense k=60": {"limit": 60}, "dense tag": {"filter": 'tag == "x"'},
+        "dense n": {"filter": "n >= 40 and n < 130"}, "dense a": {"partition_names": ["a"]},
+        "dense b": {"partition_names": ["b"]}, "dense a+b": {"partition_names": ["a", "b"]},
+    }
+    for label, extra in cases.items():
+        args = {"limit": 10, **extra}
+        out[label] = client.search(NAME, queries, anns_field="vector", output_fields=fields,
+                                   search_params={"metric_type": "COSINE"}, **args)
+        out[label.replace("dense", "bm25")] = client.search(NAME, ["w1 w7", "w3", "w12 w0 w30"], anns_field="sparse",
+                                                            output_fields=fields, search_params={"metric_type": "BM25"},
+                                                            **args)
+    dense = AnnSearchRequest(queries[:1], "vector", {"metric_type": "COSINE"}, 30)
+    sparse = AnnSearchRequest(["w2 w9"], "sparse", {"metric_type": "BM25"}, 30)
+    out["hybrid"] = client.hybrid_search(NAME, [dense, sparse], RRFRanker(60), limit=10, output_fields=fields)
+    return {label: [[(h["id"], h["distance"], sorted(h["entity"].items())) for h in hits] for hits in res]
+            for label, res in out.items()}
+
+
+def _check(client: MilvusClient, rng: np.random.Generator, deleted: set[str],
+           newest: list[dict[str, Any]] | None = None) -> None:
+    """Patch off, patch on: identical results; and they are the right ones (no deleted key, newest versions)."""
+    newest = newest or []
+    queries = [_unit(rng).tolist() for _ in range(3)] + [r["vector"] for r in newest[:3]]
+    milvus_lite_speedup.disable()
+    upstream = _searches(client, queries)
+    assert milvus_lite_speedup.enable()
+    patched = _searches(client, queries)
+    assert patched == upstream
+    found = {hit[0] for res in patched.values() for hits in res for hit in hits}
+    assert found and not found & deleted
+    for row, hits in zip(newest[:3], patched["dense"][3:], strict=False):
+        assert hits[0][0] == row["id"] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert dict(hits[0][2])["text"] == row["text"]
