@@ -4,7 +4,9 @@
 
 Retrieval: p50/p95 of one question's embed + search (real all-MiniLM-L6-v2 query encoding) against
 Milvus Lite and a Milvus 2.3 server holding ``rows`` synthetic chunks (random unit vectors; Zipf
-word texts so BM25 has postings), beside numpy brute-force top-k over the very same vectors.
+word texts so BM25 has postings), beside numpy brute-force top-k over the very same vectors. Milvus
+Lite is timed with ragtune's search patch (tasks/milvus_lite_speedup.py) and then with upstream's
+search code, dense and hybrid (``upstream_*`` keys); ``load_1m`` is the load average before and after.
 Generation: SmolLM2 time to first token for a ``prompt-tokens`` prompt, and the compute bound for
 it: prompt tokens x 2 x non-embedding parameters / this machine's fp32 matmul rate, measured now
 with the same threads. The last stdout line is one JSON object.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ragtune.settings import Settings, get_settings  # noqa: E402
-from tasks import milvus, stack  # noqa: E402
+from tasks import milvus, milvus_lite_speedup, stack  # noqa: E402
 from tasks.models import EMBEDDING_MODEL_NAME, configure_torch  # noqa: E402
 from tasks.retrieval import encode_queries  # noqa: E402
 from tasks.types import IndexMeta  # noqa: E402
@@ -82,22 +85,34 @@ def synthetic_row(i: int, vector: np.ndarray, text: str) -> dict[str, Any]:
             "element_types": "NarrativeText", "doc_hash": "", "page": 0, "chunk_index": i % 4}
 
 
-def time_queries(settings: Settings, uri: str, name: str, queries: list[str], mode: str) -> list[float]:
+def time_queries(settings: Settings, index: milvus.IndexClient, name: str, queries: list[str],
+                 mode: str) -> list[float]:
     """Seconds per question: encode + search, as `ragtune ask` does before generating."""
-    out = []
+    index.ensure_loaded(name)
+    for q in queries[:3]:  # warm-up: first searches load segments (and build BM25 scorers)
+        _search(settings, index, name, q, mode)
+    return [_timed(lambda q=q: _search(settings, index, name, q, mode)) for q in queries]
+
+
+def _search(settings: Settings, index: milvus.IndexClient, name: str, question: str, mode: str) -> None:
+    vector = encode_queries(settings, [question])[0]
+    if mode == "hybrid":
+        index.search_hybrid(name, question, vector, K, 50)
+    else:
+        index.search_dense(name, vector, K)
+
+
+def lite_latency(settings: Settings, uri: str, name: str, queries: list[str]) -> dict[str, list[float]]:
+    """Dense and hybrid with ragtune's Milvus Lite search patch, then with upstream's searches (the baseline)."""
     with milvus.IndexClient(uri) as index:
-        index.ensure_loaded(name)
-        for q in queries[:3]:  # warm-up: first searches load segments
-            index.search_dense(name, encode_queries(settings, [q])[0], K)
-        for q in queries:
-            start = time.perf_counter()
-            vector = encode_queries(settings, [q])[0]
-            if mode == "hybrid":
-                index.search_hybrid(name, q, vector, K, 50)
-            else:
-                index.search_dense(name, vector, K)
-            out.append(time.perf_counter() - start)
-    return out
+        times = {mode: time_queries(settings, index, name, queries, mode) for mode in ("dense", "hybrid")}
+        milvus_lite_speedup.disable()
+        try:
+            times.update({f"upstream_{mode}": time_queries(settings, index, name, queries, mode)
+                          for mode in ("dense", "hybrid")})
+        finally:
+            milvus_lite_speedup.enable()
+    return times
 
 
 def time_numpy(vectors: np.ndarray, query_vectors: np.ndarray) -> list[float]:
@@ -122,7 +137,8 @@ def server_latency(settings: Settings, vectors: np.ndarray, texts: list[str], qu
     try:
         uri = f"http://127.0.0.1:{port}"
         name, build_s = build_collection(uri, vectors, texts)
-        times = time_queries(settings, uri, name, queries, "dense")
+        with milvus.IndexClient(uri) as index:
+            times = time_queries(settings, index, name, queries, "dense")
         return {"p50_ms": _ms(times, 50), "p95_ms": _ms(times, 95), "build_s": round(build_s, 1)}
     finally:
         stack.stop(service)
@@ -189,8 +205,9 @@ def main() -> None:
     lite_uri = str(settings.data_dir / "bench" / f"query-{args.rows}.db")
     Path(lite_uri).parent.mkdir(parents=True, exist_ok=True)
     name, build_s = build_collection(lite_uri, vectors, texts)
-    dense = time_queries(settings, lite_uri, name, queries, "dense")
-    hybrid = time_queries(settings, lite_uri, name, queries, "hybrid")
+    load_before = os.getloadavg()[0]
+    lite = lite_latency(settings, lite_uri, name, queries)
+    dense, hybrid = lite["dense"], lite["hybrid"]
     query_vectors = encode_queries(settings, queries)
     encode = [_timed(lambda q=q: encode_queries(settings, [q])) for q in queries]
     brute = time_numpy(vectors, query_vectors)
@@ -199,10 +216,19 @@ def main() -> None:
     result = {"rows": args.rows, "queries": len(queries), "torch_threads": threads, "k": K,
               "retrieval_p50_ms": _ms(dense, 50), "retrieval_p95_ms": _ms(dense, 95),
               "hybrid_p50_ms": _ms(hybrid, 50), "hybrid_p95_ms": _ms(hybrid, 95),
+              "lite_speedup": milvus_lite_speedup.active(),
+              "upstream_retrieval_p50_ms": _ms(lite["upstream_dense"], 50),
+              "upstream_retrieval_p95_ms": _ms(lite["upstream_dense"], 95),
+              "upstream_hybrid_p50_ms": _ms(lite["upstream_hybrid"], 50),
+              "upstream_hybrid_p95_ms": _ms(lite["upstream_hybrid"], 95),
+              "speedup_dense_p50": round(_ms(lite["upstream_dense"], 50) / _ms(dense, 50), 1),
+              "speedup_hybrid_p50": round(_ms(lite["upstream_hybrid"], 50) / _ms(hybrid, 50), 1),
               "encode_p50_ms": _ms(encode, 50), "numpy_p50_ms": _ms(brute, 50), "numpy_p95_ms": _ms(brute, 95),
-              "server": server, "lite_build_s": round(build_s, 1), **gen}
+              "server": server, "lite_build_s": round(build_s, 1),
+              "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], **gen}
     print(f"Milvus Lite, {args.rows} chunks: embed+search p50 {result['retrieval_p50_ms']} ms "
-          f"(p95 {result['retrieval_p95_ms']}), hybrid p50 {result['hybrid_p50_ms']} ms; query encoding p50 "
+          f"(p95 {result['retrieval_p95_ms']}), hybrid p50 {result['hybrid_p50_ms']} ms; upstream search code: "
+          f"{result['upstream_retrieval_p50_ms']} / {result['upstream_hybrid_p50_ms']} ms; query encoding p50 "
           f"{result['encode_p50_ms']} ms; numpy brute force p50 {result['numpy_p50_ms']} ms; server {server}")
     print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
           f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x; "
