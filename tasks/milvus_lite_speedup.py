@@ -97,11 +97,10 @@ def valid_masks(segments: Sequence[Any], versions_over: Sequence[Any], later: di
     sparse); ``later``: key -> sequence of its latest memtable version or delete; ``later_for(segment)``:
     extra events that apply to that segment only (sparse: partition-scoped memtable deletes).
     """
-    shadow = dict(later)
-    for pk, seq in _shared_versions(versions_over).items():
-        if seq > shadow.get(pk, -1):
-            shadow[pk] = seq
-    return [_mask(seg, _merged(shadow, later_for(seg)) if later_for else shadow) for seg in segments]
+    shadow = _max_into(dict(later), _shared_versions(versions_over).items())
+    if later_for is None:
+        return [_mask(seg, shadow) for seg in segments]
+    return [_mask(seg, _max_into(dict(shadow), later_for(seg).items())) for seg in segments]
 
 
 def _shared_versions(segments: Sequence[Any]) -> dict[Any, int]:
@@ -139,17 +138,8 @@ def _mask(seg: Any, shadow: dict[Any, int]) -> np.ndarray:
     return mask
 
 
-def _merged(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
-    if not b:
-        return a
-    out = dict(a)
-    for pk, seq in b.items():
-        if seq > out.get(pk, -1):
-            out[pk] = seq
-    return out
-
-
 def _max_into(target: dict[Any, int], items: Iterable[tuple[Any, int]]) -> dict[Any, int]:
+    """``target`` with each key's sequence raised to the largest seen in ``items``."""
     for pk, seq in items:
         if seq > target.get(pk, -1):
             target[pk] = seq
@@ -196,7 +186,7 @@ def _search_with_index(query_vectors: np.ndarray, segments: Iterable[Any], memta
     if not in_scope and not mt_pks:
         return [[] for _ in range(nq)]
 
-    deletes = _max_into(dict(delta_index.snapshot), ((pk, e[0]) for pk, e in memtable.delete_index_snapshot().items()))
+    deletes = _max_into(delta_index.snapshot, ((pk, e[0]) for pk, e in memtable.delete_index_snapshot().items()))
     later = _max_into(dict(deletes), zip(mt_pks, mt_seqs.tolist(), strict=True))
     masks = valid_masks(in_scope, in_scope, later)
     candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(nq)]
