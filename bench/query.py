@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--no-server", action="store_true", help="skip the Milvus server measurement")
+    parser.add_argument("--no-generation", action="store_true", help="retrieval only: skip time to first token")
     args = parser.parse_args()
     settings = get_settings()
     threads = configure_torch(settings.models.torch_threads)
@@ -212,7 +213,7 @@ def main() -> None:
     encode = [_timed(lambda q=q: encode_queries(settings, [q])) for q in queries]
     brute = time_numpy(vectors, query_vectors)
     server = {"skipped": "--no-server"} if args.no_server else server_latency(settings, vectors, texts, queries)
-    gen = generation(settings, args.prompt_tokens)
+    gen = {} if args.no_generation else generation(settings, args.prompt_tokens)
     result = {"rows": args.rows, "queries": len(queries), "torch_threads": threads, "k": K,
               "retrieval_p50_ms": _ms(dense, 50), "retrieval_p95_ms": _ms(dense, 95),
               "hybrid_p50_ms": _ms(hybrid, 50), "hybrid_p95_ms": _ms(hybrid, 95),
@@ -230,9 +231,10 @@ def main() -> None:
           f"(p95 {result['retrieval_p95_ms']}), hybrid p50 {result['hybrid_p50_ms']} ms; upstream search code: "
           f"{result['upstream_retrieval_p50_ms']} / {result['upstream_hybrid_p50_ms']} ms; query encoding p50 "
           f"{result['encode_p50_ms']} ms; numpy brute force p50 {result['numpy_p50_ms']} ms; server {server}")
-    print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
-          f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x; "
-          f"{gen['tokens_per_s']} tokens/s")
+    if gen:
+        print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
+              f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x; "
+              f"{gen['tokens_per_s']} tokens/s")
     print(json.dumps(result))
 
 
