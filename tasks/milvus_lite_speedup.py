@@ -35,7 +35,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 SUPPORTED = ("3.2.2",)
-_original: dict[str, Any] = {}
+_upstream: dict[str, Any] = {}  # milvus-lite's own functions, kept for disable() and the fallbacks
+_active = False
 _refused: list[str] = []
 _patch_lock = threading.Lock()
 # Segments are immutable (a flush or compaction makes new Segment objects), so the versions of the keys
@@ -53,7 +54,8 @@ def enable() -> bool:
 
 
 def _install() -> bool:
-    if _original:
+    global _active
+    if _active:
         return True
     try:
         version = metadata.version("milvus-lite")
@@ -67,25 +69,28 @@ def _install() -> bool:
         return False
     from milvus_lite.engine import collection
 
-    _original["dense"] = collection.execute_search_with_index
-    _original["sparse"] = collection.Collection._search_sparse
+    _upstream.setdefault("dense", collection.execute_search_with_index)
+    _upstream.setdefault("sparse", collection.Collection._search_sparse)
     collection.execute_search_with_index = _search_with_index
     collection.Collection._search_sparse = _search_sparse
+    _active = True
     return True
 
 
 def disable() -> None:
-    """Restore upstream's searches (the differential test compares both)."""
-    from milvus_lite.engine import collection
-
+    """Restore upstream's searches (the differential test and the bench compare both)."""
+    global _active
     with _patch_lock:
-        if _original:
-            collection.execute_search_with_index = _original.pop("dense")
-            collection.Collection._search_sparse = _original.pop("sparse")
+        if _active:
+            from milvus_lite.engine import collection
+
+            collection.execute_search_with_index = _upstream["dense"]
+            collection.Collection._search_sparse = _upstream["sparse"]
+            _active = False
 
 
 def active() -> bool:
-    return bool(_original)
+    return _active
 
 
 # --- the masks ------------------------------------------------------------------------------------
@@ -170,7 +175,7 @@ def _search_with_index(query_vectors: np.ndarray, segments: Iterable[Any], memta
     """Upstream's function with its two per-row loops replaced by ``valid_masks``; the rest as upstream."""
     segments = tuple(segments)
     if project_record_fn is None or not _unique_keys(segments):  # Collection.search always projects
-        return _original["dense"](query_vectors, segments, memtable, delta_index, top_k, metric_type, pk_field,
+        return _upstream["dense"](query_vectors, segments, memtable, delta_index, top_k, metric_type, pk_field,
                                   vector_field, partition_names, compiled_filter, output_fields,
                                   indexed_filter_plan, project_record_fn, search_params)
     if query_vectors.ndim == 1:
@@ -257,7 +262,7 @@ def _search_sparse(self: Any, query_vectors: list, vector_field: str, top_k: int
 
     segments, delta = self._read_snapshot()
     if not _unique_keys(segments):
-        return _original["sparse"](self, query_vectors, vector_field, top_k, metric_type, partition_names, expr,
+        return _upstream["sparse"](self, query_vectors, vector_field, top_k, metric_type, partition_names, expr,
                                    output_fields, timezone)
     scope = set(partition_names) if partition_names else None
     plan = build_projection_plan(output_fields, self._schema, api_kind="search")
