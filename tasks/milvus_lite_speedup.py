@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from typing import Any
@@ -41,9 +41,11 @@ _refused: list[str] = []
 _patch_lock = threading.Lock()
 # Segments are immutable (a flush or compaction makes new Segment objects), so the versions of the keys
 # they share are a function of the segment set: computed once per set (~7 ms at 100k rows), reused.
-# A few sets, for the collections and partition scopes searched lately; an entry keeps its segments alive.
-_CACHE_SIZE = 4
-_shared_cache: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], dict[Any, int]]] = OrderedDict()
+# Kept per collection, under its memtable (the per-collection object both searches see; a flush replaces
+# it, and then the segments change too): an entry holds its segments alive only while its collection
+# lives and until its next search sees other segments.
+_shared_cache: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], tuple[tuple[Any, ...], dict[Any, int]]]] = (
+    weakref.WeakKeyDictionary())
 _cache_lock = threading.Lock()
 
 
@@ -94,30 +96,31 @@ def active() -> bool:
 
 
 # --- the masks ------------------------------------------------------------------------------------
-def valid_masks(segments: Sequence[Any], versions_over: Sequence[Any], later: dict[Any, int],
+def valid_masks(segments: Sequence[Any], versions_over: Sequence[Any], later: dict[Any, int], owner: Any,
                 later_for: Callable[[Any], dict[Any, int]] | None = None) -> list[np.ndarray]:
     """Per segment: True where the row is the newest version of its key and no later event shadows it.
 
     ``versions_over``: the segments whose versions compete (upstream: in-scope ones for dense, all for
     sparse); ``later``: key -> sequence of its latest memtable version or delete; ``later_for(segment)``:
-    extra events that apply to that segment only (sparse: partition-scoped memtable deletes).
+    extra events that apply to that segment only (sparse: partition-scoped memtable deletes); ``owner``:
+    the collection's memtable, under which the shared-key versions are cached.
     """
-    shadow = _max_into(dict(later), _shared_versions(versions_over).items())
+    shadow = _max_into(dict(later), _shared_versions(versions_over, owner).items())
     if later_for is None:
         return [_mask(seg, shadow) for seg in segments]
     return [_mask(seg, _max_into(dict(shadow), later_for(seg).items())) for seg in segments]
 
 
-def _shared_versions(segments: Sequence[Any]) -> dict[Any, int]:
-    """Key -> newest sequence, for the keys found in more than one segment (cached per segment set)."""
+def _shared_versions(segments: Sequence[Any], owner: Any) -> dict[Any, int]:
+    """Key -> newest sequence, for the keys found in more than one segment (cached under ``owner``)."""
     segments = tuple(s for s in segments if s.num_rows)
     if len(segments) < 2:
         return {}
     key = tuple(id(s) for s in segments)  # the entry holds the segments: their ids cannot be reused meanwhile
     with _cache_lock:
-        if key in _shared_cache:
-            _shared_cache.move_to_end(key)
-            return _shared_cache[key][1]
+        cached = _shared_cache.get(owner, {}).get(key)
+    if cached is not None:
+        return cached[1]
     seen: set[Any] = set()
     shared: set[Any] = set()
     for seg in segments:
@@ -127,9 +130,10 @@ def _shared_versions(segments: Sequence[Any]) -> dict[Any, int]:
     versions = {pk: max(int(s.seqs[r]) for s in segments if (r := s.pk_to_row.get(pk)) is not None)
                 for pk in shared}
     with _cache_lock:
-        _shared_cache[key] = (segments, versions)
-        while len(_shared_cache) > _CACHE_SIZE:
-            _shared_cache.popitem(last=False)
+        entries = _shared_cache.setdefault(owner, {})
+        if len(entries) >= 2:  # dense and BM25 searches of one partition scope; more scopes take turns
+            entries.clear()
+        entries[key] = (segments, versions)
     return versions
 
 
@@ -193,7 +197,7 @@ def _search_with_index(query_vectors: np.ndarray, segments: Iterable[Any], memta
 
     deletes = _max_into(delta_index.snapshot, ((pk, e[0]) for pk, e in memtable.delete_index_snapshot().items()))
     later = _max_into(dict(deletes), zip(mt_pks, mt_seqs.tolist(), strict=True))
-    masks = valid_masks(in_scope, in_scope, later)
+    masks = valid_masks(in_scope, in_scope, later, memtable)
     candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(nq)]
     for i, seg in enumerate(in_scope):
         vectors, null_mask = seg.vector_data(vector_field)
@@ -281,7 +285,7 @@ def _search_sparse(self: Any, query_vectors: list, vector_field: str, top_k: int
 
     targets = [s for s in segments if (scope is None or s.partition in scope) and s.table is not None
                and len(s.table)]
-    for seg, mask in zip(targets, valid_masks(targets, segments, later, pending_for), strict=True):
+    for seg, mask in zip(targets, valid_masks(targets, segments, later, self._memtable, pending_for), strict=True):
         index = _segment_sparse_index(seg, vector_field, metric_type, params)
         if compiled_filter is not None:
             mask = mask & evaluate_segment_filter(seg, compiled_filter, filter_plan)
