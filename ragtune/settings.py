@@ -67,9 +67,9 @@ class AnswerSettings(BaseModel):
     hybrid_candidates: int = Field(50, ge=1, description="Candidates per side (dense, BM25) before RRF fusion.")
     rrf_k: int = Field(5, ge=1, description="RRF constant: score = sum of 1 / (rrf_k + rank); 5 chosen on "
                        "SciFact train queries (docs/retrieval.md).")
-    chunks_per_page: int = Field(0, ge=0, description="Most chunks of one page (source file or generated page) "
-                                 "among the k retrieved; 0 = no limit, 1 = pages ranked by their best chunk "
-                                 "(docs/retrieval.md).")
+    chunks_per_page: int = Field(1, ge=0, description="Chunks of one page (source file or generated page) among "
+                                 "the k retrieved before every other page has as many; pages are ranked by fusing "
+                                 "their ranks. 1 = k distinct pages; 0 = chunks ranked alone (docs/retrieval.md).")
     prompt_tokens: int = Field(1024, ge=128, description="Prompt budget (system + context + question) in tokens; "
                                "prefill costs seconds per thousand tokens on a CPU.")
     max_new_tokens: int = Field(160, ge=1, le=2048, description="Most tokens an answer may have.")

@@ -75,8 +75,8 @@ def _add_grounded(settings: Settings, tokenizer: Any, rows: list[ds.DatasetRow],
     abstain = grounding.abstain_rows(tokenizer, curated, retrieved, counts, settings, seed)
     rows.extend(grounded + abstain)
     return {"collection": collection, "served_by": served_by, "k": cfg.grounded_k, "mode": settings.answer.mode,
-            "questions": len(curated), "grounded": len(grounded), "abstain": len(abstain),
-            "support_threshold": cfg.support_threshold}
+            "chunks_per_page": settings.answer.chunks_per_page, "questions": len(curated), "grounded": len(grounded),
+            "abstain": len(abstain), "support_threshold": cfg.support_threshold}
 
 
 def validate_examples(settings: Settings, prepared: Prepared, name: str) -> GateReport:

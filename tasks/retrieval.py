@@ -6,17 +6,20 @@ would return confident garbage, so a mismatch is refused with a clear error inst
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragtune.settings import Settings, get_settings
+from ragtune.settings import AnswerSettings, Settings, get_settings
+from tasks.fusion import fuse_pages, per_page
 from tasks.types import Hit
 
 MODES = ("dense", "bm25", "hybrid")
 _EMBEDDERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 class RetrievalError(RuntimeError):
@@ -118,31 +121,35 @@ def _retrieve(settings: Settings, collection: str, question: str, k: int, mode: 
 
 
 def search(index: Any, collection: str, question: str, vector: Any, k: int, mode: str, settings: Settings) -> list[Hit]:
-    """The top-``k`` chunks; with ``answer.chunks_per_page`` set, at most that many of one page among them."""
+    """The top-``k`` chunks; with ``answer.chunks_per_page`` set, pages are ranked (``tasks.fusion``) and a page's
+    chunks after its first ``chunks_per_page`` come only after every page's first ones."""
     answer = settings.answer
-    wanted = max(k, answer.hybrid_candidates) if answer.chunks_per_page else k
+    if not answer.chunks_per_page:
+        return _chunks(index, collection, question, vector, k, mode, answer)
+    depth = max(k, answer.hybrid_candidates)  # enough candidates for k distinct pages
+    sides: list[list[Hit]] = []
+    if mode != "bm25":
+        sides.append(index.search_dense(collection, vector, depth))
+    if mode == "bm25" or (mode == "hybrid" and _has_bm25(index, collection)):
+        sides.append(index.search_bm25(collection, question, depth))
+    return per_page(fuse_pages(sides, answer.rrf_k), answer.chunks_per_page)[:k]
+
+
+def _chunks(index: Any, collection: str, question: str, vector: Any, k: int, mode: str,
+            answer: AnswerSettings) -> list[Hit]:
+    """The top-``k`` chunks ranked alone (hybrid: Milvus' RRF over chunk ranks)."""
     if mode == "dense":
-        hits = list(index.search_dense(collection, vector, wanted))
-    elif mode == "bm25":
-        hits = list(index.search_bm25(collection, question, wanted))
-    else:
-        hits = list(index.search_hybrid(collection, question, vector, wanted, max(answer.hybrid_candidates, wanted),
-                                        answer.rrf_k))
-    return per_page(hits, answer.chunks_per_page)[:k]
+        return list(index.search_dense(collection, vector, k))
+    if mode == "bm25":
+        return list(index.search_bm25(collection, question, k))
+    return list(index.search_hybrid(collection, question, vector, k, max(answer.hybrid_candidates, k), answer.rrf_k))
 
 
-def per_page(hits: list[Hit], limit: int) -> list[Hit]:
-    """``hits`` in order, keeping at most ``limit`` of each page (0 = all)."""
-    if not limit:
-        return hits
-    seen: dict[str, int] = {}
-    kept = []
-    for hit in hits:
-        page = hit.path or hit.uri
-        seen[page] = seen.get(page, 0) + 1
-        if seen[page] <= limit:
-            kept.append(hit)
-    return kept
+def _has_bm25(index: Any, collection: str) -> bool:
+    if index.has_bm25(collection):
+        return True
+    log.warning("%s has no BM25 field (Milvus server < 2.5): hybrid search degrades to dense", collection)
+    return False
 
 
 def _message(exc: Exception) -> str:

@@ -73,7 +73,9 @@ def test_bm25_matches_word_forms_and_identifier_parts(settings: Settings) -> Non
     assert retrieve(settings, "docs", "the that is", 3, "bm25").hits == []  # stop words only: no terms, no error
 
 
-def test_chunks_per_page_ranks_pages_by_their_best_chunk(settings: Settings) -> None:
+def test_by_default_a_page_fills_one_of_the_k_slots_until_every_page_has_one(settings: Settings) -> None:
+    """Two chunks of one page cannot both take the top 2 while another page is cut off; with fewer pages than k
+    the pages' further chunks fill the rest; ``chunks_per_page=0`` restores the plain chunk ranking."""
     texts = ["The vacuum battery lasts 90 minutes.", "Charge the vacuum battery for 4 hours.",
              "The vacuum battery can be replaced."]
     chunks = [Chunk(doc_id_for("guide.md"), i, t, "guide.md", path="guide.md") for i, t in enumerate(texts)]
@@ -83,10 +85,14 @@ def test_chunks_per_page_ranks_pages_by_their_best_chunk(settings: Settings) -> 
         name = index.ensure_generation("docs", IndexMeta(EMBEDDING_MODEL_NAME, int(vectors.shape[1]), {"test": True}))
         index.upsert_chunks(name, chunks, vectors)
         index.flush(name)
+    plain = settings.model_copy(update={"answer": settings.answer.model_copy(update={"chunks_per_page": 0})})
+    assert settings.answer.chunks_per_page == 1
     for mode in ("dense", "hybrid"):
-        assert [h.path for h in retrieve(settings, "docs", "vacuum battery", 2, mode).hits] == ["guide.md"] * 2
-        one = settings.model_copy(update={"answer": settings.answer.model_copy(update={"chunks_per_page": 1})})
-        assert [h.path for h in retrieve(one, "docs", "vacuum battery", 2, mode).hits] == ["guide.md", "other.md"]
+        assert [h.path for h in retrieve(settings, "docs", "vacuum battery", 2, mode).hits] == ["guide.md", "other.md"]
+        assert [h.path for h in retrieve(plain, "docs", "vacuum battery", 2, mode).hits] == ["guide.md"] * 2
+        four = retrieve(settings, "docs", "vacuum battery", 4, mode).hits
+        assert [h.path for h in four] == ["guide.md", "other.md", "guide.md", "guide.md"]
+        assert {h.id for h in four} == {h.id for h in retrieve(plain, "docs", "vacuum battery", 4, mode).hits}
 
 
 def test_dense_retrieval_ranks_by_meaning(kb: Settings) -> None:
