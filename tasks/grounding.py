@@ -45,9 +45,14 @@ def context_messages(question: str, passages: Sequence[Hit | str], answer: str,
 
 
 def cite(answer: str, n: int) -> str:
-    """The answer with ``[n]`` before its final full stop (or at the end)."""
-    body = answer.rstrip()
-    return f"{body[:-1]} [{n}]." if body.endswith(".") else f"{body} [{n}]"
+    """The answer led by its source: ``According to [n]: answer``.
+
+    Leading, not trailing: every grounded target then starts the same way, and the first answer token is
+    a choice between citing and ``I don't know.`` that a small model learns from a few dozen rows. With the
+    citation at the end, the demo's fine-tune (15 grounded rows, each starting with a different word, and 3
+    abstentions all starting with "I") answered "I don't know." to every question, context or not.
+    """
+    return f"According to [{n}]: {answer.strip()}"
 
 
 def fit_passages(tokenizer: Any, question: str, passages: list[Hit], answer: str, max_tokens: int) -> list[Hit]:
@@ -68,8 +73,8 @@ def grounded_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict
     specials = list(tokenizer.all_special_tokens)
     for row in curated:
         answer = row.response or ""
-        # leave room for the citation marker the answer gains
-        passages = fit_passages(tokenizer, row.question or "", retrieved.get(row.id, []), answer + " [0]",
+        # leave room for the citation lead the answer gains
+        passages = fit_passages(tokenizer, row.question or "", retrieved.get(row.id, []), cite(answer, 0),
                                 cfg.max_seq_len)
         scores = [support(answer, p.text) for p in passages]
         if not scores or max(scores) < cfg.support_threshold:

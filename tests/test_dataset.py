@@ -143,7 +143,7 @@ def test_grounded_messages_use_the_answering_prompt_and_fit_the_budget(tokenizer
     assert grounding.fit_passages(tokenizer, "Why flush?", passages, "Because.", sizes[1]) == passages
     assert grounding.fit_passages(tokenizer, "Why flush?", passages, "Because.", sizes[1] - 1) == passages[:1]
     assert grounding.fit_passages(tokenizer, "Why flush?", passages, "Because.", sizes[0] - 1) == []
-    assert grounding.cite("It is written last.", 2) == "It is written last [2]."
+    assert grounding.cite("It is written first. ", 2) == "According to [2]: It is written first."
     assert grounding.support("pointer written last", "The pointer is written last.") == 1.0
 
 
@@ -173,7 +173,7 @@ def test_grounded_and_abstention_examples_from_a_real_collection(settings: Setti
         update={"abstain_share": 1.0, "eval_share": 0.3, "grounded_k": 1})})
     prepared = dataset_build.prepare_examples(settings, str(write(tmp_path / "q.jsonl", rows)), "default", 13, "docs")
     grounded = {r.id: r for r in prepared.rows if r.kind == "grounded"}
-    assert len(grounded) == 3 and all(r.response.endswith("[1].") for r in grounded.values())
+    assert len(grounded) == 3 and all(r.response.startswith("According to [1]: ") for r in grounded.values())
     assert all("<document id=\"1\"" in r.messages[1]["content"] for r in grounded.values())
     abstain = [r for r in prepared.rows if r.kind == "abstain"]
     assert abstain and all(r.response == ds.ABSTAIN_ANSWER for r in abstain)
