@@ -23,6 +23,9 @@ class MilvusSettings(BaseModel):
     token: SecretStr = Field(SecretStr(""), description="Milvus token (user:password) for a server.")
     collection: str = Field("docs", description="Default serving alias for the document index.")
     server_port: int = Field(19530, description="Port of the optional local Milvus server profile.")
+    lite_fast_search: bool = Field(True, description="Milvus Lite: validity masks by set intersection instead of "
+                                   "upstream's per-row Python pass (tasks/milvus_lite_speedup.py; 5x faster at "
+                                   "100k chunks); false = milvus-lite's own search code.")
 
 
 class S3Settings(BaseModel):
@@ -30,7 +33,8 @@ class S3Settings(BaseModel):
     bucket: str = Field("ragtune", description="Bucket for datasets, checkpoints, snapshots, releases.")
     prefix: str = Field("", description="Key prefix inside the bucket for everything ragtune writes.")
     region: str = Field("us-east-1", description="S3 region (any value for SeaweedFS).")
-    access_key_id: SecretStr = Field(SecretStr("ragtune"), description="S3 access key (the local SeaweedFS is configured with it).")
+    access_key_id: SecretStr = Field(SecretStr("ragtune"),
+                                     description="S3 access key (the local SeaweedFS is configured with it).")
     secret_access_key: SecretStr = Field(SecretStr("ragtune-local-secret"), description="S3 secret key.")
     port: int = Field(8333, description="S3 port of the local SeaweedFS.")
     multipart_threshold_mb: int = Field(64, description="Files above this size upload in multipart chunks.")
@@ -145,7 +149,8 @@ class Settings(BaseSettings):
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
     )
 
-    data_dir: Path = Field(default_factory=_default_data_dir, description="Local state: Milvus Lite file, stack data, model and dataset caches (default ./.data).")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Local state: Milvus Lite file, stack "
+                           "data, model and dataset caches (default ./.data).")
     milvus: MilvusSettings = MilvusSettings()
     s3: S3Settings = S3Settings()
     prefect: PrefectSettings = PrefectSettings()

@@ -87,11 +87,12 @@ def record_name(collection: str) -> str:
 class IndexClient:
     """A context-managed client; every verb takes a collection or alias name."""
 
-    def __init__(self, uri: str, token: str = "", timeout: float = 60.0):
+    def __init__(self, uri: str, token: str = "", timeout: float = 60.0, lite_fast_search: bool = True):
         self.uri = uri
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            milvus_lite_speedup.enable()  # Milvus Lite runs in this process: its searches, patched here
+            # Milvus Lite runs in this process: its searches are patched here (or restored, when turned off)
+            milvus_lite_speedup.enable() if lite_fast_search else milvus_lite_speedup.disable()
         try:
             self._c = MilvusClient(uri=uri, token=token, timeout=timeout, **_grpc_options(uri))
         except MilvusException as exc:
@@ -103,7 +104,8 @@ class IndexClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IndexClient:
-        return cls(settings.milvus_uri, settings.milvus.token.get_secret_value())
+        return cls(settings.milvus_uri, settings.milvus.token.get_secret_value(),
+                   lite_fast_search=settings.milvus.lite_fast_search)
 
     def __enter__(self) -> IndexClient:
         return self

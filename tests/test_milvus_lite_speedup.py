@@ -219,3 +219,24 @@ def _check(client: MilvusClient, rng: np.random.Generator, deleted: set[str],
     for row, hits in zip(newest[:3], patched["dense"][3:], strict=False):
         assert hits[0][0] == row["id"] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
         assert dict(hits[0][2])["text"] == row["text"]
+
+
+def test_the_setting_turns_the_patch_off_and_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from milvus_lite.engine import collection
+
+    from ragtune.settings import get_settings
+
+    monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        monkeypatch.setenv("RAGTUNE_MILVUS__LITE_FAST_SEARCH", "false")
+        get_settings.cache_clear()
+        with milvus.connect(get_settings()):
+            assert collection.execute_search_with_index is not milvus_lite_speedup._search_with_index
+        monkeypatch.delenv("RAGTUNE_MILVUS__LITE_FAST_SEARCH")
+        get_settings.cache_clear()
+        with milvus.connect(get_settings()):
+            assert collection.execute_search_with_index is milvus_lite_speedup._search_with_index
+    finally:
+        get_settings.cache_clear()
+        milvus_lite_speedup.enable()

@@ -29,8 +29,8 @@ def check(as_json: bool = JsonOption) -> None:
 
     settings = get_settings()
     models.configure_torch(settings.models.torch_threads)
-    result: dict[str, Any] = {"embedding": _check_embedder(models, settings), "generator": _check_generator(models, settings),
-                              "spacy": _check_spacy()}
+    result: dict[str, Any] = {"embedding": _check_embedder(models, settings),
+                              "generator": _check_generator(models, settings), "spacy": _check_spacy()}
     emit(result, as_json, _human)
 
 
