@@ -42,9 +42,7 @@ class Embedder:
         self.max_length = int(self.model.get_max_seq_length() or 256)
         self.dim = int(self.model.get_embedding_dimension() or 384)
         self._torch = torch
-        # None = not decided yet: measured on the first large call (``encode``), if bf16 is possible at all.
-        self.bf16: bool | None = bf16 if bf16 is not None else (None if settings.models.bf16 and cpu_has_bf16()
-                                                                  else False)
+        self.bf16 = bf16 if bf16 is not None else _bf16_undecided(settings)
 
     @property
     def model_dir(self) -> str:
@@ -97,6 +95,11 @@ class Embedder:
         if self.bf16:
             return self._torch.autocast("cpu", dtype=self._torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def _bf16_undecided(settings: Settings) -> bool | None:
+    """False where bf16 is off or impossible; None = possible, measured on the first large ``encode`` call."""
+    return None if settings.models.bf16 and cpu_has_bf16() else False
 
 
 def _batches(order: np.ndarray, sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
