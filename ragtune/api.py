@@ -191,7 +191,8 @@ class _IndexHolder:
     """One Milvus client for the app's lifetime (opening Milvus Lite per request costs a process start)."""
 
     def __init__(self, settings: Settings):
-        self.settings, self._client, self._lock = settings, None, threading.Lock()
+        self.settings, self._lock = settings, threading.Lock()
+        self._client: Any = None
 
     def get(self) -> Any:
         from tasks import milvus, retrieval

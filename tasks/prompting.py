@@ -93,9 +93,9 @@ def build_prompt(tokenizer: Any, question: str, chunks: list[Hit], budget_tokens
         cost = count_tokens(tokenizer, block)
         if cost > spare:
             truncated = True
-            block = _cut_block(tokenizer, n, chunk, specials, spare)
-            if block:
-                blocks.append(block)
+            cut = _cut_block(tokenizer, n, chunk, specials, spare)
+            if cut:
+                blocks.append(cut)
             break
         blocks.append(block)
         spare -= cost
