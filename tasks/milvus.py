@@ -131,6 +131,14 @@ class IndexClient:
     def has_bm25(self, collection: str) -> bool:
         return any(f["name"] == "sparse" for f in self._describe(collection)["fields"])
 
+    def hybrid_capable(self, collection: str) -> bool:
+        """Whether hybrid search can use BM25 here; without it (Milvus server < 2.5) it degrades to dense, said once
+        per search in the log."""
+        if self.has_bm25(collection):
+            return True
+        log.warning("%s has no BM25 field (Milvus server < 2.5): hybrid search degrades to dense", collection)
+        return False
+
     def exists(self, name: str) -> bool:
         return self.resolve(name) is not None
 
@@ -339,8 +347,7 @@ class IndexClient:
                       candidates: int = 50, rrf_k: int = 60, filter: str = "") -> list[Hit]:
         """Dense + BM25 fused with reciprocal-rank fusion; dense only, with a warning, without BM25."""
         collection = self._use(collection)
-        if not self.has_bm25(collection):
-            log.warning("%s has no BM25 field (Milvus server < 2.5): hybrid search degrades to dense", collection)
+        if not self.hybrid_capable(collection):
             return self.search_dense(collection, vector, k, filter)
         dense = AnnSearchRequest([list(vector)], "vector", {"metric_type": "COSINE"}, candidates, expr=filter or None)
         query = self._bm25_query(collection, text)

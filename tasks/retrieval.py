@@ -6,7 +6,6 @@ would return confident garbage, so a mismatch is refused with a clear error inst
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from tasks.types import Hit
 MODES = ("dense", "bm25", "hybrid")
 _EMBEDDERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
-log = logging.getLogger(__name__)
 
 
 class RetrievalError(RuntimeError):
@@ -130,7 +128,7 @@ def search(index: Any, collection: str, question: str, vector: Any, k: int, mode
     sides: list[list[Hit]] = []
     if mode != "bm25":
         sides.append(index.search_dense(collection, vector, depth))
-    if mode == "bm25" or (mode == "hybrid" and _has_bm25(index, collection)):
+    if mode == "bm25" or (mode == "hybrid" and index.hybrid_capable(collection)):
         sides.append(index.search_bm25(collection, question, depth))
     return per_page(fuse_pages(sides, answer.rrf_k), answer.chunks_per_page)[:k]
 
@@ -143,13 +141,6 @@ def _chunks(index: Any, collection: str, question: str, vector: Any, k: int, mod
     if mode == "bm25":
         return list(index.search_bm25(collection, question, k))
     return list(index.search_hybrid(collection, question, vector, k, max(answer.hybrid_candidates, k), answer.rrf_k))
-
-
-def _has_bm25(index: Any, collection: str) -> bool:
-    if index.has_bm25(collection):
-        return True
-    log.warning("%s has no BM25 field (Milvus server < 2.5): hybrid search degrades to dense", collection)
-    return False
 
 
 def _message(exc: Exception) -> str:
