@@ -127,14 +127,18 @@ def _shared_versions(segments: Sequence[Any], owner: Any) -> dict[Any, int]:
         keys = seg.pk_to_row.keys()
         shared |= keys & seen
         seen.update(keys)
-    versions = {pk: max(int(s.seqs[r]) for s in segments if (r := s.pk_to_row.get(pk)) is not None)
-                for pk in shared}
+    versions = {pk: _newest(pk, segments) for pk in shared}
     with _cache_lock:
         entries = _shared_cache.setdefault(owner, {})
         if len(entries) >= 2:  # dense and BM25 searches of one partition scope; more scopes take turns
             entries.clear()
         entries[key] = (segments, versions)
     return versions
+
+
+def _newest(pk: Any, segments: Sequence[Any]) -> int:
+    """The largest sequence of ``pk`` among ``segments`` (-1 when none holds it)."""
+    return max((int(s.seqs[r]) for s in segments if (r := s.pk_to_row.get(pk)) is not None), default=-1)
 
 
 def _mask(seg: Any, shadow: dict[Any, int]) -> np.ndarray:
@@ -164,8 +168,7 @@ def _memtable_mask(pks: Sequence[Any], seqs: Sequence[int], segments: Sequence[A
     """Memtable rows (few: flushes empty it): valid unless a segment or ``later`` holds a larger sequence."""
     out = np.ones(len(pks), dtype=bool)
     for j, (pk, seq) in enumerate(zip(pks, seqs, strict=True)):
-        newest = max((int(s.seqs[r]) for s in segments if (r := s.pk_to_row.get(pk)) is not None), default=-1)
-        out[j] = max(newest, later.get(pk, -1)) <= int(seq)
+        out[j] = max(_newest(pk, segments), later.get(pk, -1)) <= int(seq)
     return out
 
 
@@ -247,11 +250,7 @@ def _recall(query_vectors: np.ndarray, top_k: int, metric_type: str, search_para
 
         index = BruteForceIndex.build(vectors, metric_type)
     ids, dists = index.search(query_vectors, top_k, valid_mask=None if mask.all() else mask, params=search_params)
-    for q, per_query in enumerate(candidates):
-        for j in range(top_k):
-            if int(ids[q, j]) < 0:
-                break
-            per_query.append((float(dists[q, j]), source, int(ids[q, j])))
+    _collect(ids, dists, top_k, candidates, lambda lid: (source, lid))
 
 
 # --- sparse: milvus_lite.engine.collection.Collection._search_sparse ------------------------------
