@@ -8,7 +8,6 @@ Milvus per machine (port 9091), so this module runs before any other starts the 
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from ragtune.settings import S3Settings, Settings
 from tasks import stack
 from tasks.milvus import IndexClient
 from tasks.s3 import S3Store
-from tasks.snapshot import BULK_STAGE, export_snapshot, restore_snapshot, upload_snapshot
+from tasks.snapshot import BULK_STAGE
 from tests.conftest import _free_port_block, _keep_milvus_binaries, _seed_milvus_binaries, wait_for_metrics_port
-from tests.test_release import _index, assert_restored
+from tests.test_release import bulk_restore
 
 pytestmark = pytest.mark.integration
 MILVUS_BUCKET = "milvus-data"
@@ -54,15 +53,9 @@ def test_bulk_import_from_the_bucket_milvus_stores_its_data_in(s3_settings: Sett
     store = S3Store(s3_settings)
     store.ensure_bucket()
     milvus_bucket = S3Store(s3_settings, bucket=MILVUS_BUCKET, prefix="imports")
-    source, vectors = _index(tmp_path / "a.db")
-    snap = upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=15))
-    alias = f"t{uuid.uuid4().hex[:8]}"
     with IndexClient(milvus_on_s3) as server:
-        result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1",
-                                  serve=True, bulk_bucket=milvus_bucket)
-        assert result.rows == 40
-        assert_restored(source, server, alias, vectors)
-    assert not (tmp_path / "restore" / snap.snapshot_id / "part-00000.parquet").exists()  # never downloaded
+        source, snapshot_id, _ = bulk_restore(store, server, tmp_path, bulk_bucket=milvus_bucket)
+    assert not (tmp_path / "restore" / snapshot_id / "part-00000.parquet").exists()  # never downloaded
     assert not list(milvus_bucket.list(f"{BULK_STAGE}/"))  # the copies are removed after the import
     stored = [o.key for o in S3Store(s3_settings, bucket=MILVUS_BUCKET, prefix="").list()]
     assert any(k.startswith("files/insert_log/") for k in stored)  # Milvus' own segments live on the S3 too

@@ -4,8 +4,10 @@ snapshots against a real SeaweedFS and Milvus Lite."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -244,6 +246,19 @@ def assert_restored(source: IndexClient, restored: IndexClient, alias: str, vect
     assert restored.read_records(alias) == source.read_records("docs")
 
 
+def bulk_restore(store: S3Store, server: IndexClient, tmp_path: Path, **storage: Any) -> tuple[IndexClient, str, str]:
+    """40 chunks in Milvus Lite -> S3 snapshot -> ``server`` by its bulk import (``storage``: ``bulk_dir`` or
+    ``bulk_bucket``), checked to answer as the source does; the source client, the snapshot id and the alias."""
+    source, vectors = _index(tmp_path / "a.db")
+    snap = upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=15))
+    alias = f"t{uuid.uuid4().hex[:8]}"
+    result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1", serve=True,
+                              **storage)
+    assert result.rows == 40
+    assert_restored(source, server, alias, vectors)
+    return source, snap.snapshot_id, alias
+
+
 def _index(path: Path, n: int = 40, dim: int = 16) -> tuple[IndexClient, np.ndarray]:
     client = IndexClient(str(path))
     gen = client.ensure_generation("docs", IndexMeta("test-embedder", dim, {"max_tokens": 64}))
@@ -416,19 +431,11 @@ def test_snapshot_restores_into_a_milvus_server(store: S3Store, tmp_path: Path, 
 def test_snapshot_bulk_imports_into_a_milvus_server(store: S3Store, tmp_path: Path, milvus_server: str,
                                                     milvus_import_dir: Path) -> None:
     """Lite -> S3 -> Milvus 2.3's own bulk import of the Parquet shards (staged in its storage folder)."""
-    import uuid
-
     from tasks.milvus import MilvusIndexError
     from tasks.snapshot import BULK_STAGE
 
-    source, vectors = _index(tmp_path / "a.db")
-    snap = upload_snapshot(store, export_snapshot(source, "docs", tmp_path / "work", rows_per_shard=15))
-    alias = f"t{uuid.uuid4().hex[:8]}"
     with IndexClient(milvus_server) as server:
-        result = restore_snapshot(store, snap, server, tmp_path / "restore", alias=alias, name=f"{alias}__g1",
-                                  serve=True, bulk_dir=milvus_import_dir)
-        assert result.rows == 40
-        assert_restored(source, server, alias, vectors)
+        source, _, alias = bulk_restore(store, server, tmp_path, bulk_dir=milvus_import_dir)
         with pytest.raises(MilvusIndexError, match="no such file"):  # the server's own error, said clearly
             server.bulk_import(alias, [str(tmp_path / "missing.parquet")])
     assert not list((milvus_import_dir / BULK_STAGE).iterdir())  # staged copies removed
