@@ -25,6 +25,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from tasks.training.launch import launch_command, launch_env, load_profile, resolve_bf16, stream  # noqa: E402
+
 BITEXT = (REPO.parent / "shared" / "data" / "bitext_customer_support"
           / "Bitext_Sample_Customer_Support_Training_Dataset.csv")
 PUBMEDQA = REPO.parent / "shared" / "data" / "pubmedqa_pqal" / "ori_pqal.json"
@@ -64,19 +67,24 @@ def dataset_dir(args: argparse.Namespace, work: Path) -> Path:
 
 
 def ours(args: argparse.Namespace, data: Path, work: Path, profile: str, threads: int) -> dict[str, Any]:
-    """Our script under accelerate launch; its own report gives the timed tokens/s (warm-up step excluded)."""
-    from tasks.finetune import launch_command, launch_env, load_profile, stream
+    """Our script under accelerate launch; its own report gives the timed tokens/s (warm-up step excluded).
 
+    bf16 is decided as ``ragtune finetune`` decides it: ``auto`` goes to the script on a GPU (bf16 where
+    CUDA supports it), and on a CPU the launcher measures once and passes yes/no.
+    """
     spec = load_profile(profile)
     run_dir = work / f"run-{profile}-{time.monotonic_ns()}"
     train_args = ["--data-dir", str(data), "--output-dir", str(run_dir), "--base-model", str(args.model),
                   "--method", args.method, "--max-seq-len", str(args.max_seq_len), "--batch-rows", str(args.batch),
                   "--grad-accum", "1", "--max-steps", str(args.steps), "--epochs", "100", "--eval-every", "100000",
                   "--save-every", "100000", "--log-every", "1", "--patience", "0", "--threads", str(threads),
-                  "--expect-world-size", str(spec.world_size), "--bf16", "yes" if _bf16(not spec.use_cpu) else "no"]
-    result = stream(launch_command(spec, train_args), launch_env(spec, threads), lambda e: None)
+                  "--expect-world-size", str(spec.world_size), "--bf16", resolve_bf16("auto", spec, threads)]
+    started: dict[str, Any] = {}
+    result = stream(launch_command(spec, train_args), launch_env(spec, threads),
+                    lambda e: started.update(e) if e["event"] == "start" else None)
     return {"tokens_per_s": result["tokens_per_s"], "useful_tokens_per_s": result["useful_tokens_per_s"],
-            "world_size": result["world_size"]}
+            "world_size": result["world_size"], "mixed_precision": started.get("mixed_precision"),
+            "attention": started.get("attention")}
 
 
 def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,19 +113,27 @@ def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
         seen.append((out["input_ids"].numel(), int(out["attention_mask"].sum())))
         return out
 
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
     class StepTimer(TrainerCallback):
+        """The Trainer does not wait for the GPU each step (ours does, reading its loss): synchronize, or
+        the timed steps are only the time to queue kernels."""
+
         seconds: list[float] = []
         started = 0.0
 
         def on_step_begin(self, *_: Any, **__: Any) -> None:
+            sync()
             self.started = time.perf_counter()
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
+            sync()
             self.seconds.append(time.perf_counter() - self.started)
 
     timer = StepTimer()
-    cuda = torch.cuda.is_available()
-    targs = TrainingArguments(output_dir=str(args.work / "trainer"), per_device_train_batch_size=args.batch,
+    targs = TrainingArguments(output_dir=str(args.work / "trainer"),
+                              per_device_train_batch_size=args.trainer_batch or args.batch,
                               max_steps=args.steps, learning_rate=5e-5, bf16=_bf16(cuda), use_cpu=not cuda,
                               save_strategy="no", eval_strategy="no", logging_steps=10**6, report_to=[],
                               dataloader_num_workers=0, remove_unused_columns=False, seed=1234)
@@ -139,7 +155,8 @@ def _bf16(cuda: bool) -> bool:
 
 def run_trainer(args: argparse.Namespace, data: Path, work: Path, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--trainer-worker", "--data", str(data), "--work", str(work), "--model",
-           str(args.model), "--steps", str(args.steps), "--batch", str(args.batch), "--max-seq-len",
+           str(args.model), "--steps", str(args.steps), "--batch", str(args.batch), "--trainer-batch",
+           str(args.trainer_batch), "--max-seq-len",
            str(args.max_seq_len), "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
@@ -165,6 +182,8 @@ def main() -> None:
     parser.add_argument("--method", default="full", choices=("full", "lora"))
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--trainer-batch", type=int, default=0,
+                        help="The Trainer's examples per step (default --batch): ours packs several into a row.")
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--grounded", type=int, default=0, help="Also this many PubMedQA grounded rows.")
@@ -208,8 +227,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     base = max(runs["trainer"], key=lambda x: x["tokens_per_s"])
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "method": args.method, "steps": args.steps,
-        "data": f"{args.data.name} ({args.examples} rows + {args.grounded} grounded)",
-        "batch": args.batch, "max_seq_len": args.max_seq_len, "threads": threads, "bf16": _bf16(cuda),
+        "data": args.data.name if args.data.is_dir() else f"{args.data.name} ({args.examples} rows + "
+                f"{args.grounded} grounded)",
+        "batch": args.batch, "trainer_batch": args.trainer_batch or args.batch, "max_seq_len": args.max_seq_len,
+        "threads": threads, "bf16": _bf16(cuda), "mixed_precision": mine["mixed_precision"],
+        "attention": mine["attention"],
         "tokens_per_s": mine["tokens_per_s"], "useful_tokens_per_s": mine["useful_tokens_per_s"],
         "trainer_tokens_per_s": base["tokens_per_s"], "trainer_useful_tokens_per_s": base["useful_tokens_per_s"],
         "rounds": {k: [(x["tokens_per_s"], x["useful_tokens_per_s"]) for x in v] for k, v in runs.items()},
@@ -221,6 +243,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         out[f"cpu_{n}proc_world_size"] = result["world_size"]
         out[f"cpu_{n}proc_vs_1proc"] = round(result["tokens_per_s"] / mine["tokens_per_s"], 3)
     if cuda:
+        out["peak_tflops"] = args.peak_tflops
         out["mfu"] = round(mfu(mine["useful_tokens_per_s"], args.model, args.max_seq_len, args.peak_tflops), 4)
         out["trainer_mfu"] = round(mfu(base["useful_tokens_per_s"], args.model, args.max_seq_len, args.peak_tflops), 4)
     return out

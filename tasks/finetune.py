@@ -1,18 +1,14 @@
-"""Launch the training script under ``accelerate launch``, stream its progress, trust only its own report.
+"""The ``train-model`` task: launch the training script for a dataset version, trust only its own report.
 
 The topology is an accelerate profile (``infra/accelerate/<profile>.yaml``); the world size the
 profile asks for is checked against the one every training process reports, and the processes'
 final parameters must agree (DDP keeps them identical: a mismatch means they did not train together).
+Launching and streaming live in ``tasks.training.launch`` (no Prefect, no settings), re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,24 +18,22 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ragtune.settings import Settings
+from tasks.training.launch import (
+    Profile,
+    TrainingError,
+    check_report,
+    launch_command,
+    launch_env,
+    load_profile,
+    resolve_bf16,
+    stream,
+)
 
 if TYPE_CHECKING:
     from tasks.dataset_store import DatasetVersion
 
-REPO = Path(__file__).resolve().parent.parent
-PROFILES = REPO / "infra" / "accelerate"
-
-
-class TrainingError(RuntimeError):
-    """The training run failed or reported something inconsistent; the message carries its last output."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    path: Path
-    world_size: int  # processes over all machines
-    use_cpu: bool
+__all__ = ["Profile", "TrainingError", "TrainingRun", "accepted_dataset", "check_report",
+           "launch_command", "launch_env", "load_profile", "resolve_bf16", "stream", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -48,17 +42,6 @@ class TrainingRun:
     model_dir: Path
     world_size: int
     result: dict[str, Any]
-
-
-def load_profile(name: str) -> Profile:
-    import yaml
-
-    path = PROFILES / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise ValueError(f"unknown accelerate profile {name!r}: choose one of {known}")
-    config = yaml.safe_load(path.read_text())
-    return Profile(name, path, int(config.get("num_processes", 1)), bool(config.get("use_cpu", False)))
 
 
 def new_run_dir(settings: Settings, version: str, method: str) -> Path:
@@ -70,68 +53,6 @@ def resumable_run(settings: Settings, version: str, method: str) -> Path | None:
     """The newest run of this dataset version and method that has a checkpoint and no final model."""
     runs = sorted((settings.data_dir / "runs").glob(f"{version[:12]}-{method}-*"), reverse=True)
     return next((r for r in runs if any((r / "state").glob("step-*")) and not (r / "model").exists()), None)
-
-
-def launch_command(profile: Profile, train_args: list[str]) -> list[str]:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(profile.path)]
-    return [*launch, "-m", "tasks.training.train", *train_args]
-
-
-def resolve_bf16(choice: str, profile: Profile, threads: int) -> str:
-    """``auto`` on CPU decided here, once: ranks measuring for themselves could disagree."""
-    if choice != "auto" or not profile.use_cpu:
-        return choice
-    from tasks.models import cpu_bf16_pays
-
-    return "yes" if cpu_bf16_pays(threads) else "no"
-
-
-def launch_env(profile: Profile, threads: int) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-    if profile.use_cpu:
-        env["ACCELERATE_USE_CPU"] = "1"  # without it, CPU workers each train alone (world size 1)
-    return env
-
-
-def stream(cmd: list[str], env: dict[str, str], on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Run ``cmd``; hand each JSON progress line to ``on_event``; return the final ``result`` event."""
-    tail: deque[str] = deque(maxlen=25)
-    result: dict[str, Any] = {}
-    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            event = _event(line)
-            if event is None:
-                tail.append(line.rstrip())
-                continue
-            on_event(event)
-            if event["event"] in ("result", "stopped"):
-                result = event
-    if proc.returncode != 0 or not result:
-        last = "\n".join(t for t in tail if t)
-        raise TrainingError(f"training exited with code {proc.returncode}; last output:\n{last}")
-    return result
-
-
-def _event(line: str) -> dict[str, Any] | None:
-    if not line.startswith('{"event"'):
-        return None
-    try:
-        return dict(json.loads(line))
-    except json.JSONDecodeError:
-        return None
-
-
-def check_report(result: dict[str, Any], profile: Profile) -> None:
-    """The script's own report must match the profile: processes that did not join one group train alone."""
-    if result.get("event") == "stopped":
-        return
-    if result.get("world_size") != profile.world_size:
-        raise TrainingError(f"profile {profile.name} asks for {profile.world_size} processes; "
-                            f"the training reported world size {result.get('world_size')}")
-    if len(set(result.get("param_digests", []))) != 1:
-        raise TrainingError("the processes ended with different parameters: they did not train together")
 
 
 @task(name="train-model", cache_policy=NO_CACHE)

@@ -202,6 +202,27 @@ def test_bf16_auto_is_decided_once_by_the_launcher(monkeypatch: pytest.MonkeyPat
     models.cpu_bf16_pays.cache_clear()
 
 
+def test_training_and_its_benches_import_without_prefect_or_settings() -> None:
+    """A lent GPU machine holds torch, transformers, accelerate, peft and PyYAML only: the training script,
+    its launcher and the training benches must not pull in Prefect, pydantic(-settings) or ragtune."""
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'prefect', 'pydantic', 'pydantic_settings', 'ragtune'}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import tasks.training.train, tasks.training.launch, bench.train, bench.train_check\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    from tasks import finetune
+    from tasks.training import launch
+
+    assert finetune.stream is launch.stream and finetune.TrainingError is launch.TrainingError
+
+
 # -- evaluation metrics --------------------------------------------------------------------------------
 def test_text_metrics() -> None:
     assert token_f1("The sum is 7 [1].", "the sum is 7") == 1.0
