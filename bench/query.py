@@ -1,6 +1,7 @@
 """Query latency at 100k chunks and time to first token, each beside its baseline in the same run.
 
     python bench/query.py [--rows 100000] [--queries 60] [--prompt-tokens 1024] [--no-server]
+                          [--no-generation | --generation-only]
 
 Retrieval: p50/p95 of one question's embed + search (real all-MiniLM-L6-v2 query encoding) against
 Milvus Lite and a Milvus 2.3 server holding ``rows`` synthetic chunks (random unit vectors; Zipf
@@ -9,7 +10,10 @@ Lite is timed with ragtune's search patch (tasks/milvus_lite_speedup.py) and the
 search code, dense and hybrid (``upstream_*`` keys); ``load_1m`` is the load average before and after.
 Generation: SmolLM2 time to first token for a ``prompt-tokens`` prompt, and the compute bound for
 it: prompt tokens x 2 x non-embedding parameters / this machine's fp32 matmul rate, measured now
-with the same threads. The last stdout line is one JSON object.
+with the same threads: the median of 5 runs after one untimed warm-up. ``first_token_*`` is ragtune's
+prompt pass (tasks/prefill; the system turn's 73 tokens are computed when the model loads and reused, as
+in serving); ``transformers_first_token_*`` is transformers' own prefill on the same prompt, alternated
+with it. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -162,8 +166,9 @@ def matmul_gflops(threads: int, seconds: float = 2.0) -> float:
     return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - start) / 1e9
 
 
-def generation(settings: Settings, prompt_tokens: int) -> dict[str, Any]:
-    from tasks.generation import GenerationStats, load_generator, stream_answer
+def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[str, Any]:
+    """Time to first token on ragtune's prompt pass (tasks/prefill) and on transformers' own, alternated."""
+    from tasks.generation import load_generator
     from tasks.prompting import build_prompt
     from tasks.serving import resolve_serving
     from tasks.types import Hit
@@ -175,20 +180,35 @@ def generation(settings: Settings, prompt_tokens: int) -> dict[str, Any]:
     prompt = build_prompt(gen.tokenizer, "How does the autoscaler decide to add nodes?", hits, prompt_tokens)
     params = sum(p.numel() for n, p in gen.model.named_parameters() if "embed" not in n)
     threads = configure_torch(settings.models.torch_threads)
-    runs = []
-    for _ in range(3):  # the rate is measured right before each run: a shared CPU's speed drifts
-        gflops = matmul_gflops(threads)
-        stats = GenerationStats()
-        for _piece in stream_answer(gen, prompt, 32, stats):
-            pass
-        bound = prompt.n_tokens * 2 * params / (gflops * 1e9)
-        decode = max(stats.new_tokens - 1, 1) / max(stats.total_s - (stats.first_token_s or 0), 1e-9)
-        runs.append((stats.first_token_s or 0.0, bound, gflops, decode))
-    first, bound, gflops, decode = (statistics.median(r[i] for r in runs) for i in range(4))
+    runs: dict[bool, list[tuple[float, ...]]] = {True: [], False: []}
+    for fast in (True, False):  # warm-up, untimed: first-call allocations, as a serving process has them behind it
+        first_token(gen, prompt, fast, max_new_tokens=1)
+    for _ in range(rounds):  # the rate is measured right before each run: a shared CPU's speed drifts
+        for fast in (True, False):
+            gflops = matmul_gflops(threads)
+            first, decode = first_token(gen, prompt, fast)
+            runs[fast].append((first, prompt.n_tokens * 2 * params / (gflops * 1e9), gflops, decode))
+    first, bound, gflops, decode = (statistics.median(r[i] for r in runs[True]) for i in range(4))
     return {"prompt_tokens": prompt.n_tokens, "non_embedding_params": params, "matmul_gflops": round(gflops, 1),
+            "prefill": "ragtune" if gen.prefill is not None else "transformers",
+            "shared_prefix_tokens": prompt.shared_prefix,
             "first_token_s": round(first, 3), "first_token_bound_s": round(bound, 3),
-            "first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs), 2),
+            "first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[True]), 2),
+            "first_token_runs_s": [round(r[0], 3) for r in runs[True]],
+            "transformers_first_token_s": round(statistics.median(r[0] for r in runs[False]), 3),
+            "transformers_first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[False]), 2),
             "tokens_per_s": round(decode, 1)}
+
+
+def first_token(gen: Any, prompt: Any, fast: bool, max_new_tokens: int = 32) -> tuple[float, float]:
+    """Seconds to the first token and decode tokens/s of one greedy answer."""
+    from tasks.generation import GenerationStats, stream_answer
+
+    stats = GenerationStats()
+    for _piece in stream_answer(gen, prompt, max_new_tokens, stats, fast_prefill=fast):
+        pass
+    decode = max(stats.new_tokens - 1, 1) / max(stats.total_s - (stats.first_token_s or 0), 1e-9)
+    return stats.first_token_s or 0.0, decode
 
 
 def _ms(times: list[float], pct: int) -> float:
@@ -202,9 +222,13 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--no-server", action="store_true", help="skip the Milvus server measurement")
     parser.add_argument("--no-generation", action="store_true", help="retrieval only: skip time to first token")
+    parser.add_argument("--generation-only", action="store_true", help="time to first token only: skip retrieval")
     args = parser.parse_args()
     settings = get_settings()
     threads = configure_torch(settings.models.torch_threads)
+    if args.generation_only:
+        print(json.dumps({"torch_threads": threads, **generation(settings, args.prompt_tokens)}))
+        return
     vectors, texts = synthetic_corpus(args.rows)
     queries = [QUESTIONS[i % len(QUESTIONS)] + f" (variant {i})" for i in range(args.queries)]
     lite_uri = str(settings.data_dir / "bench" / f"query-{args.rows}.db")
@@ -237,8 +261,9 @@ def main() -> None:
           f"{result['encode_p50_ms']} ms; numpy brute force p50 {result['numpy_p50_ms']} ms; server {server}")
     if gen:
         print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
-              f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x; "
-              f"{gen['tokens_per_s']} tokens/s")
+              f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x "
+              f"(transformers' own prefill: {gen['transformers_first_token_s']} s, "
+              f"{gen['transformers_first_token_ratio']}x); {gen['tokens_per_s']} tokens/s")
     print(json.dumps(result))
 
 

@@ -78,6 +78,9 @@ class AnswerSettings(BaseModel):
                                  "their ranks. 1 = k distinct pages; 0 = chunks ranked alone (docs/retrieval.md).")
     prompt_tokens: int = Field(1024, ge=128, description="Prompt budget (system + context + question) in tokens; "
                                "prefill costs seconds per thousand tokens on a CPU.")
+    fast_prefill: bool = Field(True, description="The prompt's forward pass through tasks/prefill (fused "
+                               "projections, the system turn computed once) where the model is a plain Llama on "
+                               "a CPU; false = transformers' own pass (docs/retrieval.md).")
     max_new_tokens: int = Field(160, ge=1, le=2048, description="Most tokens an answer may have.")
     repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="Serving: divides the score of tokens the "
                                       "answer already used (1 = plain greedy); documents, question, digits and "

@@ -57,15 +57,16 @@ class AnswerStream:
     """Iterate for the answer's text pieces; ``answer`` is complete once the iteration ends."""
 
     def __init__(self, question: str, serving: Serving, gen: Generator, found: Retrieval, prompt: Prompt,
-                 max_new_tokens: int, decoding: Decoding | None = None):
+                 max_new_tokens: int, decoding: Decoding | None = None, fast_prefill: bool = True):
         self.question, self.serving, self.gen, self.found, self.prompt = question, serving, gen, found, prompt
-        self.max_new_tokens, self.decoding = max_new_tokens, decoding
+        self.max_new_tokens, self.decoding, self.fast_prefill = max_new_tokens, decoding, fast_prefill
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
         stats = GenerationStats()
         pieces: list[str] = []
-        for piece in stream_answer(self.gen, self.prompt, self.max_new_tokens, stats, self.decoding):
+        for piece in stream_answer(self.gen, self.prompt, self.max_new_tokens, stats, self.decoding,
+                                   self.fast_prefill):
             pieces.append(piece)
             yield piece
         self.answer = self._finish("".join(pieces).strip(), stats)
@@ -103,4 +104,4 @@ def ask(settings: Settings, question: str, k: int | None = None, mode: str | Non
     budget = min(settings.answer.prompt_tokens, gen.context_tokens - new_tokens)
     prompt = build_prompt(gen.tokenizer, question, found.hits, budget)
     decoding = Decoding(settings.answer.repetition_penalty, settings.answer.no_repeat_ngram)
-    return AnswerStream(question, serving, gen, found, prompt, new_tokens, decoding)
+    return AnswerStream(question, serving, gen, found, prompt, new_tokens, decoding, settings.answer.fast_prefill)

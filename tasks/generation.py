@@ -6,6 +6,10 @@ possible. Model evaluation decodes plainly (tasks/model_eval), so its metrics me
 
 Generation runs in a worker thread feeding a ``TextIteratorStreamer`` so the CLI and the API can show
 tokens as they come; a failure inside that thread is re-raised in the caller, never a hung stream.
+
+The prompt's forward pass (time to first token) goes through tasks/prefill when the model is one it
+reproduces (SmolLM2 and other plain Llama models on a CPU): the first token comes from its logits and
+``generate()`` continues from its cache. ``fast_prefill=False`` keeps transformers' own prefill.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tasks.models  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
-from tasks.prompting import Prompt
+from tasks.prompting import Prompt, shared_prefix_ids
 from tasks.types import Hit
+
+if TYPE_CHECKING:
+    from tasks.prefill import FastPrefill
 
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _STOP = frozenset({"the", "and", "for", "are", "was", "were", "with", "that", "this", "from", "you", "your",
@@ -35,6 +42,7 @@ class Generator:
     tokenizer: Any
     name: str
     path: Path
+    prefill: FastPrefill | None = None  # the lean prompt pass, where the model is one it reproduces
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generate at a time per model
 
     @property
@@ -74,15 +82,20 @@ def load_generator(path: str, name: str) -> Generator:
     """Load a causal LM directory once per process (a second call with the same path is free)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tasks.prefill import FastPrefill
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()
-    return Generator(model, tokenizer, name, Path(path))
+    prefill = FastPrefill.for_model(model)
+    if prefill is not None:
+        prefill.remember(shared_prefix_ids(tokenizer))
+    return Generator(model, tokenizer, name, Path(path), prefill)
 
 
 def stream_answer(
     gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,
-    decoding: Decoding | None = None,
+    decoding: Decoding | None = None, fast_prefill: bool = True,
 ) -> Iterator[str]:
     """Yield the answer's text pieces as they are generated (greedy decoding, loop guards per ``decoding``)."""
     import torch
@@ -100,10 +113,15 @@ def stream_answer(
     errors: list[BaseException] = []
     start = time.perf_counter()
     with gen.lock:
-        worker = threading.Thread(target=_generate, args=(gen.model, kwargs, streamer, errors), daemon=True)
-        worker.start()
+        rest: dict[str, Any] | None = kwargs
+        if fast_prefill and gen.prefill is not None:
+            rest = _prefill_here(gen, prompt, kwargs, streamer)
+        worker = threading.Thread(target=_generate, args=(gen.model, rest, streamer, errors), daemon=True)
+        if rest is not None:
+            worker.start()
         yield from streamer
-        worker.join()
+        if rest is not None:
+            worker.join()
     stats.total_s = time.perf_counter() - start
     stats.new_tokens = streamer.new_tokens
     if streamer.first_token_at is not None:
@@ -113,8 +131,8 @@ def stream_answer(
 
 
 def generate_answer(gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,
-                    decoding: Decoding | None = None) -> str:
-    return "".join(stream_answer(gen, prompt, max_new_tokens, stats, decoding))
+                    decoding: Decoding | None = None, fast_prefill: bool = True) -> str:
+    return "".join(stream_answer(gen, prompt, max_new_tokens, stats, decoding, fast_prefill))
 
 
 def answer_processors(decoding: Decoding, prompt_tokens: int, tokenizer: Any) -> Any:
@@ -228,6 +246,49 @@ def _generate(model: Any, kwargs: dict[str, Any], streamer: Any, errors: list[Ba
     except BaseException as exc:  # re-raised by the consumer; the stream must still end
         errors.append(exc)
         streamer.end()
+
+
+def _prefill_here(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: Any) -> dict[str, Any] | None:
+    """The prompt's pass in the calling thread, its first token streamed; generate()'s arguments for the rest.
+
+    The calling thread, not the worker: on this 2-vCPU host a forward pass in a second thread ran ~9% slower
+    (a second OpenMP thread team beside the caller's; measured in docs/retrieval.md). None when the answer
+    is already complete (an end token first, or a one-token answer).
+    """
+    import torch
+
+    assert gen.prefill is not None
+    try:
+        with torch.inference_mode():
+            logits, cache = gen.prefill(prompt.input_ids, prompt.shared_prefix)
+            ids = kwargs["input_ids"]
+            first = kwargs["logits_processor"](ids, logits).argmax(dim=-1, keepdim=True)
+    except Exception as exc:
+        raise RuntimeError(f"generation failed: {exc}") from exc
+    streamer.put(ids)  # the prompt, which the streamer skips, as generate() would send it
+    streamer.put(first[0])
+    ends = gen.model.generation_config.eos_token_id
+    if int(first) in (ends if isinstance(ends, list) else [ends]) or kwargs["max_new_tokens"] <= 1:
+        streamer.end()
+        return None
+    ids = torch.cat([ids, first], dim=1)
+    return {**kwargs, "input_ids": ids, "attention_mask": torch.ones_like(ids), "cache": cache,
+            "max_new_tokens": kwargs["max_new_tokens"] - 1, "streamer": _Continuation(streamer)}
+
+
+class _Continuation:
+    """generate()'s streamer when it continues a prefilled prompt: its first put (the prompt again) is dropped."""
+
+    def __init__(self, streamer: Any):
+        self.streamer, self.started = streamer, False
+
+    def put(self, value: Any) -> None:
+        if self.started:
+            self.streamer.put(value)
+        self.started = True
+
+    def end(self) -> None:
+        self.streamer.end()
 
 
 def _timed_streamer(tokenizer: Any) -> Any:

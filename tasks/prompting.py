@@ -9,7 +9,9 @@ fitted to a token budget measured with the generator's own tokenizer: it never o
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from tasks.types import Hit
@@ -35,6 +37,7 @@ class Prompt:
     input_ids: list[int]
     sources: list[Hit]  # the chunks that made it in, in citation order: [n] is sources[n - 1]
     truncated: bool  # a chunk was cut or dropped to fit the budget
+    shared_prefix: int = 0  # leading tokens every answering prompt starts with (the system turn): reusable
 
     @property
     def n_tokens(self) -> int:
@@ -101,7 +104,26 @@ def build_prompt(tokenizer: Any, question: str, chunks: list[Hit], budget_tokens
         spare -= cost
     text = render(tokenizer, question, blocks)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return Prompt(text, ids, list(chunks[: len(blocks)]), truncated)
+    shared = common_length(ids, shared_prefix_ids(tokenizer))
+    return Prompt(text, ids, list(chunks[: len(blocks)]), truncated, shared)
+
+
+@lru_cache(maxsize=4)
+def shared_prefix_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens every answering prompt starts with: where two prompts with nothing else in common agree."""
+    bare = tokenizer(render(tokenizer, "a", []), add_special_tokens=False)["input_ids"]
+    other = tokenizer(render(tokenizer, "b", [document_block(1, Hit(id="", score=0.0, text="b", doc_id=""), [])]),
+                      add_special_tokens=False)["input_ids"]
+    return tuple(bare[: common_length(bare, other)])
+
+
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _cut_block(tokenizer: Any, n: int, chunk: Hit, specials: list[str], spare: int) -> str | None:
