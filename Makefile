@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy flows tasks ragtune
+	$(BIN)/ruff check . && $(BIN)/mypy flows tasks ragtune
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py && $(BIN)/python bench/query.py && $(BIN)/python bench/train.py
