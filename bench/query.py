@@ -193,10 +193,10 @@ def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[
             "prefill": "ragtune" if gen.prefill is not None else "transformers",
             "shared_prefix_tokens": prompt.shared_prefix,
             "first_token_s": round(first, 3), "first_token_bound_s": round(bound, 3),
-            "first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[True]), 2),
+            "first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[True]), 3),
             "first_token_runs_s": [round(r[0], 3) for r in runs[True]],
             "transformers_first_token_s": round(statistics.median(r[0] for r in runs[False]), 3),
-            "transformers_first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[False]), 2),
+            "transformers_first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[False]), 3),
             "tokens_per_s": round(decode, 1)}
 
 
