@@ -38,6 +38,11 @@ class _Layer:
 
 
 class FastPrefill:
+    """The prompt pass of one model (build with ``for_model``); holds the fused weights and the shared prefix's rows.
+
+    Not thread-safe: callers serialise it (``Generator.lock``), as they serialise ``generate()``.
+    """
+
     def __init__(self, model: Any):
         cfg = model.config
         self.model = model
