@@ -14,9 +14,11 @@ the smaller side) and clears them in an all-true mask. The rest of both searches
 filters, FAISS and BM25 recall, merge, materialisation) is upstream's logic, restated below in
 smaller functions. ``tests/test_milvus_lite_speedup.py`` runs the same searches with the patch on and
 off against real Milvus Lite (upserts across flushes, deletes before and after flush, memtable rows,
-partitions, filters) and asserts identical results.
+partitions, filters) and asserts identical results. The BM25 scorer itself
+(``SparseInvertedIndex.search``, a Python step per posting) is replaced too, by the numpy one in
+``tasks/milvus_lite_bm25.py``, under the same guard and switch.
 
-Guard: active only on the milvus-lite versions in ``SUPPORTED`` (pinned in constraints.txt; the two
+Guard: active only on the milvus-lite versions in ``SUPPORTED`` (pinned in constraints.txt; the three
 functions were read and rewritten against them); any other version keeps upstream's code and logs once
 why. A segment with a repeated key (3.2.2's flush and compaction never write one) falls back to
 upstream's search.
@@ -32,6 +34,8 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+
+from tasks import milvus_lite_bm25
 
 log = logging.getLogger(__name__)
 SUPPORTED = ("3.2.2",)
@@ -70,11 +74,14 @@ def _install() -> bool:
                         version, ", ".join(SUPPORTED))
         return False
     from milvus_lite.engine import collection
+    from milvus_lite.index.sparse_inverted import SparseInvertedIndex
 
     _upstream.setdefault("dense", collection.execute_search_with_index)
     _upstream.setdefault("sparse", collection.Collection._search_sparse)
+    _upstream.setdefault("bm25", SparseInvertedIndex.search)
     collection.execute_search_with_index = _search_with_index
     collection.Collection._search_sparse = _search_sparse
+    SparseInvertedIndex.search = _bm25_search
     _active = True
     return True
 
@@ -85,14 +92,24 @@ def disable() -> None:
     with _patch_lock:
         if _active:
             from milvus_lite.engine import collection
+            from milvus_lite.index.sparse_inverted import SparseInvertedIndex
 
             collection.execute_search_with_index = _upstream["dense"]
             collection.Collection._search_sparse = _upstream["sparse"]
+            SparseInvertedIndex.search = _upstream["bm25"]
             _active = False
 
 
 def active() -> bool:
     return _active
+
+
+def _bm25_search(self: Any, query_sparse_vectors: list[dict[int, float]], top_k: int,
+                 valid_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``SparseInvertedIndex.search`` scored with numpy arrays (tasks/milvus_lite_bm25.py), where exact."""
+    if not milvus_lite_bm25.exact(query_sparse_vectors):
+        return _upstream["bm25"](self, query_sparse_vectors, top_k, valid_mask)
+    return milvus_lite_bm25.search(self, query_sparse_vectors, top_k, valid_mask)
 
 
 # --- the masks ------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from tasks.types import Chunk, IndexMeta
 DIM = 8
 WORDS = [f"w{i}" for i in range(40)]
 NAME = "diff"
+# common (w0: Zipf's most frequent), rare (w39), absent (zz), a repeated word (query weight 2), mixes
+BM25_QUERIES = ["w1 w7", "w3", "w12 w0 w30", "w0", "w39", "zz", "w0 w0 w5", "zz w38 w2"]
 
 
 @pytest.fixture
@@ -81,6 +83,35 @@ def test_patched_searches_equal_upstream_through_upserts_deletes_and_compaction(
 
     _flush(client, path)  # a fourth data file in partition a: the background compaction merges them
     _check(client, rng, deleted=deleted | {_pk(i) for i in (0, 1, 3, 4)}, newest=back)
+
+
+def test_numpy_bm25_scorer_equals_upstream_bit_for_bit() -> None:
+    """The scorer alone, on indexes with Zipf terms, varied lengths and weights, masks and many ties."""
+    from milvus_lite.index.sparse_inverted import SparseInvertedIndex
+
+    assert milvus_lite_speedup.enable() and SparseInvertedIndex.search is milvus_lite_speedup._bm25_search
+    upstream = milvus_lite_speedup._upstream["bm25"]
+    rng = np.random.default_rng(11)
+    for n, build_mask in ((500, False), (2000, True), (300, True)):
+        docs = [_bm25_doc(rng) for _ in range(n)]
+        index = SparseInvertedIndex(k1=1.2, b=0.6) if build_mask else SparseInvertedIndex()
+        index.build(docs, valid_mask=rng.random(n) > 0.2 if build_mask else None)
+        queries = [{0: 1.0}, {30: 1.0}, {999: 1.0}, {}, {0: 1.0, 1: 2.0, 999: 1.0, 7: 1.0}, _bm25_doc(rng),
+                   {3: 1.0, 2: 1.0, 1: 1.0}]
+        for mask in (None, rng.random(n) > 0.5, np.zeros(n, dtype=bool)):
+            for k in (0, 1, 10, n + 5):
+                ours, theirs = index.search(queries, k, valid_mask=mask), upstream(index, queries, k, valid_mask=mask)
+                np.testing.assert_array_equal(ours[0], theirs[0])
+                np.testing.assert_array_equal(ours[1], theirs[1])  # bitwise: float32 steps as upstream's
+    tied = SparseInvertedIndex()
+    tied.build([{2: 1.0}, {1: 1.0}, {2: 1.0}, {1: 1.0}])  # equal scores: ties go to the term queried first
+    assert tied.search([{1: 1.0, 2: 1.0}], 4)[0].tolist() == [[1, 3, 0, 2]]
+
+
+def _bm25_doc(rng: np.random.Generator) -> dict[int, float]:
+    terms = np.minimum(rng.zipf(1.4, size=int(rng.integers(1, 30))), 60) - 1
+    ids, counts = np.unique(terms, return_counts=True)
+    return {int(ids[i]): float(counts[i]) for i in rng.permutation(len(ids))}  # dict order varies too
 
 
 def test_ragtune_index_verbs_see_the_same_hits_patched_and_upstream(tmp_path: Path) -> None:
@@ -194,12 +225,15 @@ def _searches(client: MilvusClient, queries: list[list[float]]) -> dict[str, Any
         args = {"limit": 10, **extra}
         out[label] = client.search(NAME, queries, anns_field="vector", output_fields=fields,
                                    search_params={"metric_type": "COSINE"}, **args)
-        out[label.replace("dense", "bm25")] = client.search(NAME, ["w1 w7", "w3", "w12 w0 w30"], anns_field="sparse",
+        out[label.replace("dense", "bm25")] = client.search(NAME, BM25_QUERIES, anns_field="sparse",
                                                             output_fields=fields, search_params={"metric_type": "BM25"},
                                                             **args)
     dense = AnnSearchRequest(queries[:1], "vector", {"metric_type": "COSINE"}, 30)
     sparse = AnnSearchRequest(["w2 w9"], "sparse", {"metric_type": "BM25"}, 30)
     out["hybrid"] = client.hybrid_search(NAME, [dense, sparse], RRFRanker(60), limit=10, output_fields=fields)
+    dense = AnnSearchRequest(queries[:1], "vector", {"metric_type": "COSINE"}, 30, expr='tag == "x"')
+    sparse = AnnSearchRequest(["w0 w39 zz"], "sparse", {"metric_type": "BM25"}, 30, expr='tag == "x"')
+    out["hybrid tag"] = client.hybrid_search(NAME, [dense, sparse], RRFRanker(60), limit=10, output_fields=fields)
     return {label: [[(h["id"], h["distance"], sorted(h["entity"].items())) for h in hits] for hits in res]
             for label, res in out.items()}
 
