@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks.parsing import ParseError, ParseLimits, ParserPool, check_file, notebook_markdown, parse_file
+from tasks.parsing import (
+    NO_LANGUAGE,
+    ParseError,
+    ParseLimits,
+    ParserPool,
+    check_file,
+    configure_pandoc,
+    install_spacy_adapter,
+    notebook_markdown,
+    parse_file,
+)
 from tests.conftest import shared_data
 from tests.ingest_files import make_pdf, write_good, write_hostile
 
@@ -109,6 +119,41 @@ def test_notebooks_become_markdown() -> None:
     raw = json.dumps({"cells": [{"cell_type": "markdown", "source": ["# Tune\n", "Intro"]},
                                 {"cell_type": "code", "source": "import ray"}]}).encode()
     assert notebook_markdown(raw) == "# Tune\nIntro\n\n```\nimport ray\n```"
+
+
+RST_WITH_CODE = """Cluster FAQ
+===========
+
+Run several :ref:`jobs <jobs-overview>` on one cluster. Start the head node:
+
+.. code-block:: bash
+
+    ray start --head --port 6379
+
+- a list item that says what the command does
+"""
+
+
+def test_rst_converts_without_highlighting_and_parses_the_same(tmp_path: Path) -> None:
+    """pandoc loads its syntax definitions (~0.45 s a file) to colour code unstructured reads as text: skipped."""
+    import pypandoc
+    from unstructured.partition.html import partition_html
+
+    source = tmp_path / "faq.rst"
+    source.write_text(RST_WITH_CODE)
+    highlighted = pypandoc.convert_file(str(source), "html", format="rst")  # pypandoc as it ships
+    configure_pandoc()
+    configure_pandoc()  # idempotent: the flag is added once
+    plain = pypandoc.convert_file(str(source), "html", format="rst")
+    assert 'class="sourceCode' in highlighted and "sourceCode" not in plain
+    assert "ray start --head --port 6379" in plain
+
+    def elements(html: str) -> list[tuple[str, str]]:
+        install_spacy_adapter()
+        return [(e.category, e.text) for e in partition_html(text=html, languages=NO_LANGUAGE)]
+
+    assert elements(plain) == elements(highlighted)
+    assert [(e.type, e.text) for e in parse_file(source, ".rst", LIMITS)] == elements(plain)
 
 
 @pytest.mark.data
