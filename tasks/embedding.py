@@ -7,20 +7,22 @@ against fp32's 150 (2026-11-25). So the choice is measured (``_bf16_pays_off``),
 once, on the first call with enough texts to pay for it: a one-document re-index embeds a handful
 of chunks, and a cold process should not spend seconds timing both paths for them.
 Batches of similar token length waste no padding; torch threads never exceed the free cores
-(two threads on a busy machine ran 70x slower).
+(two threads on a busy machine ran 70x slower), re-measured before every forward pass: a run's
+parser processes take cores while they parse and give them back when they are done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ragtune.settings import Settings
-from tasks.models import configure_torch, cpu_has_bf16, embedding_source, load_embedder
+from tasks.models import CpuGauge, configure_torch, cpu_has_bf16, embedding_source, load_embedder, threads_beside
 
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
 _CALIBRATE_MIN_TEXTS = 256  # fewer texts than this are embedded in fp32 without measuring bf16
@@ -32,7 +34,10 @@ class Embedder:
     def __init__(self, settings: Settings, bf16: bool | None = None, threads: int | None = None):
         import torch
 
-        self.threads = configure_torch(settings.models.torch_threads if threads is None else threads)
+        fixed = settings.models.torch_threads if threads is None else threads
+        self.threads = configure_torch(fixed)
+        self._gauge = CpuGauge() if not fixed else None  # auto: threads follow the free cores, pass by pass
+        self.passes_by_threads: Counter[int] = Counter()
         source = embedding_source(settings.models.embedding)
         self.name = source.name
         self.model = load_embedder(settings.models.embedding)
@@ -57,10 +62,19 @@ class Embedder:
             self.bf16 = self._bf16_pays_off()
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)
         order = np.argsort([len(x) for x in ids["input_ids"]], kind="stable")
+        others = self._gauge.others(settle_s=0.05) if self._gauge else None  # cores busy right now
         with self._torch.inference_mode(), self._autocast():
             for batch in _batches(order, ids["input_ids"], batch_size):
+                self._fit_threads(others)
                 out[batch] = self._forward([ids["input_ids"][i] for i in batch])
+                others = self._gauge.others() if self._gauge else None  # during that pass
         return out
+
+    def _fit_threads(self, others: float | None) -> None:
+        """Auto threads: as many as the cores other processes (our parsers among them) left free."""
+        if others is not None and (n := threads_beside(others)) != self.threads:
+            self.threads = configure_torch(n)
+        self.passes_by_threads[self.threads] += 1
 
     def _forward(self, sequences: list[list[int]]) -> np.ndarray:
         torch = self._torch

@@ -224,7 +224,8 @@ def finish(run: Run) -> dict[str, Any]:
         "quarantine": s.quarantined, "still_quarantined": s.still_quarantined, "chunks_written": s.chunks_written,
         "chunks_reused": s.chunks_reused, "seconds": {k: round(v, 3) for k, v in s.seconds.items()},
         "chunks_per_s": round(s.chunks_written / total, 2) if total else 0.0,
-        "embedding": {"bf16": emb.bf16, "threads": emb.threads, "calibration": emb.calibration} if emb else None,
+        "embedding": {"bf16": emb.bf16, "threads": emb.threads, "passes_by_threads": dict(emb.passes_by_threads),
+                      "calibration": emb.calibration} if emb else None,
     }
 
 

@@ -113,6 +113,48 @@ def free_cores() -> int:
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
+class CpuGauge:
+    """Cores the rest of the machine kept busy since the last reading: /proc/stat's busy time less this process's.
+
+    The load average lags by a minute and counts this process's own threads: an embedder that sized
+    its threads by it when it loaded, while its own parser processes were starting, kept one thread
+    for the whole Ray docs run (282 s of embedding, 2026-12-03), long after parsing had ended. Read
+    between forward passes, this follows the parser processes (children, not this process) and any
+    other program as they start and stop. ``others`` is None where /proc/stat is missing.
+    """
+
+    def __init__(self) -> None:
+        self._last = _cpu_times()
+
+    def others(self, settle_s: float = 0.0) -> float | None:
+        """Busy cores outside this process since the last call (after ``settle_s`` of sampling, if given)."""
+        if settle_s:
+            self._last = _cpu_times()
+            time.sleep(settle_s)
+        now, last = _cpu_times(), self._last
+        self._last = now
+        if now is None or last is None or now[2] - last[2] < 0.01:
+            return None
+        return max(0.0, (now[0] - last[0] - (now[1] - last[1])) / (now[2] - last[2]))
+
+
+def _cpu_times() -> tuple[float, float, float] | None:
+    """(machine busy seconds, this process's CPU seconds, monotonic clock), or None off Linux."""
+    try:
+        user, nice, system, _idle, _iowait, irq, softirq = (
+            int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def threads_beside(others: float, cores: int | None = None) -> int:
+    """Torch threads that fit beside ``others`` busy cores: at least one, never more than the cores."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, min(cores, int(cores - others + 0.5)))
+
+
 def configure_torch(threads: int = 0) -> int:
     import torch
 

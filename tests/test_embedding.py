@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -9,7 +13,7 @@ import pytest
 
 from ragtune.settings import Settings
 from tasks.embedding import _CALIBRATE_MIN_TEXTS, Embedder
-from tasks.models import load_embedder
+from tasks.models import CpuGauge, load_embedder, threads_beside
 
 TEXTS = ["Ray Serve scales deployments.", "A much longer sentence about autoscaling " * 12, "short", ""]
 
@@ -47,3 +51,41 @@ def test_a_large_call_decides_bf16_once(settings: Settings) -> None:
     decided = fast.calibration
     fast.encode(["another chunk"] * _CALIBRATE_MIN_TEXTS)
     assert fast.calibration is decided  # measured once per model load
+
+
+def test_threads_fit_beside_the_busy_cores() -> None:
+    assert threads_beside(0.0, cores=2) == 2
+    assert threads_beside(0.4, cores=2) == 2
+    assert threads_beside(1.0, cores=2) == 1  # one parser process at work
+    assert threads_beside(2.3, cores=2) == 1  # never fewer than one
+    assert threads_beside(0.0, cores=1) == 1
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_the_gauge_counts_other_processes_not_this_one() -> None:
+    gauge = CpuGauge()
+    burn = "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    time.sleep(0.1)
+    gauge.others()
+    time.sleep(0.4)  # this process idles while the child burns a core
+    child_busy = gauge.others()
+    child.wait()
+    gauge.others()
+    _spin(0.4)  # this process burns a core, nobody else does
+    self_busy = gauge.others()
+    assert child_busy is not None and self_busy is not None
+    assert child_busy - self_busy > 0.4, (child_busy, self_busy)
+
+
+def test_auto_threads_are_chosen_before_each_pass(settings: Settings) -> None:
+    fast = Embedder(settings.model_copy(update={"models": settings.models.model_copy(update={"torch_threads": 0})}),
+                    bf16=False)
+    fast.encode(TEXTS * 4, batch_size=4)
+    assert sum(fast.passes_by_threads.values()) == 4
+    assert all(1 <= n <= len(os.sched_getaffinity(0)) for n in fast.passes_by_threads)
