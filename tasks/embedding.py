@@ -62,12 +62,14 @@ class Embedder:
             self.bf16 = self._bf16_pays_off()
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)
         order = np.argsort([len(x) for x in ids["input_ids"]], kind="stable")
-        others = self._gauge.others(settle_s=0.05) if self._gauge else None  # cores busy right now
+        batches = list(_batches(order, ids["input_ids"], batch_size))
+        gauge = self._gauge if len(batches) > 1 else None  # one pass (a query, a small document): no sampling
+        others = gauge.others(settle_s=0.05) if gauge else None  # cores busy right now
         with self._torch.inference_mode(), self._autocast():
-            for batch in _batches(order, ids["input_ids"], batch_size):
+            for batch in batches:
                 self._fit_threads(others)
                 out[batch] = self._forward([ids["input_ids"][i] for i in batch])
-                others = self._gauge.others() if self._gauge else None  # during that pass
+                others = gauge.others() if gauge else None  # during that pass
         return out
 
     def _fit_threads(self, others: float | None) -> None:
