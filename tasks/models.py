@@ -107,10 +107,14 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
 
 
 def free_cores() -> int:
-    """Cores not busy right now: more torch threads than that is ruinous (70x slower measured)."""
-    cores = len(os.sched_getaffinity(0))
-    busy = os.getloadavg()[0]
-    return max(1, min(cores, int(cores - busy + 0.5)))
+    """Cores not busy right now: more torch threads than that is ruinous (70x slower measured).
+
+    Sampled for 0.1 s (``CpuGauge``), not read from the 1-minute load average, which still counts a
+    process that ended a minute ago: bench/query.py started right after another bench took 1 thread
+    on an idle machine. The load average stays the fallback where /proc/stat is missing.
+    """
+    busy = CpuGauge().others(settle_s=0.1)
+    return threads_beside(os.getloadavg()[0] if busy is None else busy)
 
 
 class CpuGauge:
