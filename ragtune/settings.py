@@ -119,6 +119,9 @@ class IngestSettings(BaseModel):
     max_file_mb: int = Field(32, description="Larger source files are quarantined without parsing.")
     max_unzipped_mb: int = Field(512, description="Zip containers (docx, pptx...) inflating beyond this are refused.")
     max_tokens: int = Field(256, description="Chunk budget in embedding word pieces, title prefix included.")
+    overlap_tokens: int = Field(0, ge=0, le=128, description="Word pieces a chunk repeats from the end of the "
+                                "chunk before it in the same section; 0 = none (chosen on the Ray docs: "
+                                "docs/retrieval.md).")
     batch_docs: int = Field(32, description="Documents per parse/embed/write task.")
     embed_batch_size: int = Field(64, description="Texts per forward pass (length-sorted).")
     deletion_guard: float = Field(0.2, description="Refuse a run deleting more than this share of the index.")

@@ -56,7 +56,8 @@ def index_batch(run: Run, files: Sequence[SourceFile], upcoming: Sequence[Source
                 parsed[f.doc_id] = (f, digest, result)
     with run.stats.timed("chunk"):
         tokenizer = _tokenizer(run.settings)
-        chunks = {d: chunk_elements(els, _doc_info(f, h), tokenizer, run.settings.ingest.max_tokens)
+        ingest = run.settings.ingest
+        chunks = {d: chunk_elements(els, _doc_info(f, h), tokenizer, ingest.max_tokens, ingest.overlap_tokens)
                   for d, (f, h, els) in parsed.items()}
     flat = [c for cs in chunks.values() for c in cs]
     vectors = _vectors(run, flat, [d for d in chunks if d in prep.known]) if flat else None

@@ -34,9 +34,13 @@ class DocInfo:
     name: str  # fallback title: the file name without extension
 
 
-def chunker_settings(max_tokens: int, tokenizer_name: str) -> dict[str, Any]:
+def chunker_settings(max_tokens: int, tokenizer_name: str, overlap_tokens: int = 0) -> dict[str, Any]:
     """What the collection records: a different chunker means a different index generation."""
-    return {"name": CHUNKER_NAME, "version": CHUNKER_VERSION, "max_tokens": max_tokens, "tokenizer": tokenizer_name}
+    recorded: dict[str, Any] = {"name": CHUNKER_NAME, "version": CHUNKER_VERSION, "max_tokens": max_tokens,
+                                "tokenizer": tokenizer_name}
+    if overlap_tokens:  # recorded only when used: collections built before the option stay valid
+        recorded["overlap_tokens"] = overlap_tokens
+    return recorded
 
 
 @lru_cache(maxsize=2)
@@ -62,8 +66,13 @@ def sections(elements: Sequence[Element]) -> list[tuple[list[str], list[Element]
     return [(path, body) for path, body in out if body]
 
 
-def chunk_elements(elements: Sequence[Element], doc: DocInfo, tokenizer: Any, max_tokens: int) -> list[Chunk]:
+def chunk_elements(elements: Sequence[Element], doc: DocInfo, tokenizer: Any, max_tokens: int,
+                   overlap_tokens: int = 0) -> list[Chunk]:
     """Chunks of at most ``max_tokens`` word pieces (special tokens and prefix included).
+
+    With ``overlap_tokens``, a section's second and later chunks start with the last that many word
+    pieces of the chunk before them (cut at a word boundary), so a passage split at a chunk seam is
+    whole in one of the two.
 
     Elements of a page the build generates from this file (``Element.target``) chunk as their own
     page: their chunks' ``path`` is that page's, resolved against this file's folder.
@@ -71,7 +80,7 @@ def chunk_elements(elements: Sequence[Element], doc: DocInfo, tokenizer: Any, ma
     chunks: list[Chunk] = []
     for target, group in _by_target(elements).items():
         page = doc if not target else _generated(doc, target)
-        for text, heading, members in _section_chunks(group, page, tokenizer, max_tokens):
+        for text, heading, members in _section_chunks(group, page, tokenizer, max_tokens, overlap_tokens):
             chunks.append(Chunk(
                 doc_id=doc.doc_id, chunk_index=len(chunks), text=text, uri=doc.uri, path=page.path,
                 title=heading[0][:500], section=" > ".join(heading)[:1000], page=members[0].page,
@@ -91,8 +100,8 @@ def _generated(doc: DocInfo, target: str) -> DocInfo:
     return DocInfo(doc.doc_id, doc.uri, path, doc.doc_hash, PurePosixPath(target).stem)
 
 
-def _section_chunks(elements: Sequence[Element], doc: DocInfo, tokenizer: Any,
-                    max_tokens: int) -> list[tuple[str, list[str], list[Element]]]:
+def _section_chunks(elements: Sequence[Element], doc: DocInfo, tokenizer: Any, max_tokens: int,
+                    overlap: int = 0) -> list[tuple[str, list[str], list[Element]]]:
     """(text, heading path, members) per chunk: sections packed to the budget, small neighbours merged."""
     title = next((e.text.strip() for e in elements if e.type == "Title"), "") or doc.name
     limit = max_tokens - tokenizer.num_special_tokens_to_add()
@@ -101,9 +110,15 @@ def _section_chunks(elements: Sequence[Element], doc: DocInfo, tokenizer: Any,
         heading = path if path and path[0] == title else [title, *path]
         prefix = _fit_prefix(" > ".join(heading), tokenizer)
         budget = limit - _count(tokenizer, prefix + "\n")
-        for texts, members in _pack(body, tokenizer, max(budget, 16)):
+        previous = ""  # the body of this section's chunk before, whose tail the next one repeats
+        for texts, members in _pack(body, tokenizer, max(budget - (overlap + 1 if overlap else 0), 16)):
             body_text = " ".join(texts)
-            merged = f"{out[-1][0]}\n{heading[-1]}\n{body_text}" if out else ""
+            repeats = bool(overlap and previous)
+            if repeats:
+                previous, body_text = body_text, f"{_tail(previous, tokenizer, overlap)} {body_text}"
+            else:
+                previous = body_text
+            merged = f"{out[-1][0]}\n{heading[-1]}\n{body_text}" if out and not repeats else ""
             if merged and _count(tokenizer, merged) <= limit:
                 out[-1] = (merged, out[-1][1], [*out[-1][2], *members])
             else:
@@ -150,6 +165,17 @@ def split_text(text: str, tokenizer: Any, budget: int) -> list[str]:
         pieces.append(text[start_char:end_char].strip())
         start_token = max(end_token, start_token + 1)
     return [p for p in pieces if p]
+
+
+def _tail(text: str, tokenizer: Any, tokens: int) -> str:
+    """The end of ``text``: at most ``tokens`` word pieces, starting at a word."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= tokens:
+        return text
+    start = offsets[-tokens][0]
+    if start > 0 and not text[start - 1].isspace():  # inside a word: start at the next one
+        start = text.find(" ", start) + 1 or len(text)
+    return text[start:].strip()
 
 
 def _fit_prefix(prefix: str, tokenizer: Any) -> str:

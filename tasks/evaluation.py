@@ -21,9 +21,10 @@ CHUNKS_PER_DOC = 3  # chunks fetched per wanted document, so chunk-level ties st
 
 
 def eval_alias(kind: str, name: str, settings: Settings) -> str:
-    """A collection per benchmark and chunk budget (a different chunker needs a different collection)."""
+    """A collection per benchmark and chunker setting (a different chunker needs a different collection)."""
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "set"
-    return f"eval_{kind}_{slug}_t{settings.ingest.max_tokens}"
+    overlap = f"_o{settings.ingest.overlap_tokens}" if settings.ingest.overlap_tokens else ""
+    return f"eval_{kind}_{slug}_t{settings.ingest.max_tokens}{overlap}"
 
 
 @task(cache_policy=NO_CACHE)

@@ -104,7 +104,8 @@ def index_meta(settings: Settings) -> IndexMeta:
     """What this run would build: read from the model's files, without loading the model."""
     source = embedding_source(settings.models.embedding)
     dim = json.loads((source.path / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"]
-    return IndexMeta(source.name, int(dim), chunker_settings(settings.ingest.max_tokens, source.name))
+    chunker = chunker_settings(settings.ingest.max_tokens, source.name, settings.ingest.overlap_tokens)
+    return IndexMeta(source.name, int(dim), chunker)
 
 
 @contextlib.contextmanager

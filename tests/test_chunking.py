@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tasks.chunking import DocInfo, chunk_elements, load_tokenizer, sections, split_text
+from tasks.chunking import DocInfo, chunk_elements, chunker_settings, load_tokenizer, sections, split_text
 from tasks.models import embedding_source
 from tasks.parsing import Element
 from tasks.types import chunk_id
@@ -96,3 +96,19 @@ def test_generated_pages_chunk_as_their_own_pages(tokenizer: Any) -> None:
     assert generated.path == "data/api/doc/ray.data.Dataset.map.html"
     assert (generated.chunk_index, generated.doc_id) == (1, "d2")
     assert generated.text == "Dataset API > ray.data.Dataset.map\nDataset.map"
+
+
+def test_overlap_repeats_the_tail_of_the_chunk_before_within_a_section(tokenizer: Any) -> None:
+    elements = [Element("Title", "Doc", depth=0),
+                *[Element("NarrativeText", f"Sentence number {i} about clusters.") for i in range(120)],
+                Element("Title", "Other", depth=1), Element("NarrativeText", "A short section.")]
+    plain = chunk_elements(elements, DOC, tokenizer, 128)
+    assert chunk_elements(elements, DOC, tokenizer, 128, overlap_tokens=0) == plain
+    chunks = chunk_elements(elements, DOC, tokenizer, 128, overlap_tokens=24)
+    assert max(_tokens(tokenizer, c.text) for c in chunks) <= 128
+    first, second = (c.text.split("\n", 1)[1] for c in chunks[:2])
+    repeated = max((first[i:] for i in range(len(first)) if second.startswith(first[i:] + " ")), key=len)
+    assert 12 <= len(tokenizer(repeated, add_special_tokens=False)["input_ids"]) <= 24, repeated
+    assert not chunks[-1].text.split("\n", 1)[1].startswith("clusters")  # a new section repeats nothing
+    assert chunker_settings(256, "m") == {"name": "sections", "version": 2, "max_tokens": 256, "tokenizer": "m"}
+    assert chunker_settings(256, "m", 24)["overlap_tokens"] == 24
