@@ -143,14 +143,23 @@ class CpuGauge:
 
 
 def _cpu_times() -> tuple[float, float, float] | None:
-    """(machine busy seconds, this process's CPU seconds, monotonic clock), or None off Linux."""
+    """(busy seconds of the cores this process may run on, its own CPU seconds, monotonic clock), or None.
+
+    Only the cores in this process's affinity count: a container pinned to 2 cores of a 64-core host
+    must not read the host's other 62 as busy neighbours.
+    """
+    mine = os.sched_getaffinity(0)
+    busy = 0
     try:
-        user, nice, system, _idle, _iowait, irq, softirq = (
-            int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in mine:
+                user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in ticks[:7])
+                busy += user + nice + system + irq + softirq
     except (OSError, ValueError):
         return None
     own = os.times()
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
 
 
 def threads_beside(others: float, cores: int | None = None) -> int:
