@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from query import build_collection, synthetic_corpus  # noqa: E402
+from query import _timed, build_collection, synthetic_corpus  # noqa: E402
 
 from ragtune.settings import get_settings  # noqa: E402
 from tasks import milvus, milvus_lite_speedup  # noqa: E402
@@ -122,13 +121,11 @@ def main() -> None:
     for mode in MODES:
         prefix = "" if mode == "patched" else f"{mode}_"
         for label, runs in times[mode].items():
-            key = label if label.startswith("hybrid") else f"bm25_{label}"
-            result[f"{prefix}{key}_ms"] = _ms(statistics.median(runs))
+            result[f"{prefix}{_key(label)}_ms"] = _ms(statistics.median(runs))
     for label, seconds in first.items():
-        key = label if label.startswith("hybrid") else f"bm25_{label}"
-        result[f"{key}_first_ms"] = _ms(seconds)
+        result[f"{_key(label)}_first_ms"] = _ms(seconds)
     for label in times["patched"]:
-        key = label if label.startswith("hybrid") else f"bm25_{label}"
+        key = _key(label)
         result[f"speedup_{key}"] = round(result[f"upstream_{key}_ms"] / result[f"{key}_ms"], 1)
     result.update({"lite_build_s": round(build_s, 1), "load_1m": [round(load_before, 2),
                                                                   round(os.getloadavg()[0], 2)]})
@@ -137,10 +134,9 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _key(label: str) -> str:
+    """The JSON key stem of a search label: ``hybrid_mix`` as it is, a word's label as ``bm25_<label>``."""
+    return label if label.startswith("hybrid") else f"bm25_{label}"
 
 
 def _ms(seconds: float) -> float:
