@@ -33,6 +33,25 @@ def test_vectors_match_sentence_transformers_in_input_order(settings: Settings, 
     assert cosine.min() > 0.9999, cosine
 
 
+def test_the_frozen_query_encoder_matches_the_eager_one(settings: Settings) -> None:
+    eager = Embedder(settings, bf16=False, threads=1)
+    frozen = Embedder(settings, bf16=False, threads=1)
+    assert frozen.freeze_for_queries()
+    for texts in (["How do I configure autoscaling?"], TEXTS):  # one question; padded batches of other lengths
+        np.testing.assert_allclose(frozen.encode(texts, batch_size=2), eager.encode(texts, batch_size=2), atol=1e-5)
+    assert Embedder(settings, bf16=True, threads=1).freeze_for_queries() is False  # autocast does not trace
+
+
+def test_a_frozen_encoder_that_disagrees_is_dropped(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trace that fixed a branch wrongly (say, masks ignored) must not serve: the probe catches it."""
+    embedder = Embedder(settings, bf16=False, threads=1)
+    wrong = embedder._trace(embedder.tokenizer("a question")["input_ids"])
+    monkeypatch.setattr(embedder, "_trace", lambda ids: lambda input_ids, mask: wrong(input_ids, mask.fill_(1)))
+    assert embedder.freeze_for_queries() is False
+    reference = Embedder(settings, bf16=False, threads=1)
+    np.testing.assert_array_equal(embedder.encode(TEXTS), reference.encode(TEXTS))
+
+
 def test_a_few_texts_are_embedded_without_timing_bf16(settings: Settings) -> None:
     fast = Embedder(settings, threads=1)
     fast.encode(TEXTS)

@@ -112,6 +112,24 @@ def test_answer_cites_the_indexed_document(kb: Settings) -> None:
     assert {"embed_s", "search_s", "generate_s", "first_token_s"} <= set(answer.timings)
 
 
+def test_an_open_client_sees_an_alias_switched_by_another(kb: Settings) -> None:
+    """The serving client knows ``docs`` as an alias after its first question and then asks Milvus only where
+    it points (one RPC): a promotion elsewhere must still take effect on its next question."""
+    question = "How long does the Zorblax 3000 battery last?"
+    with milvus.connect(kb) as serving:
+        assert retrieve(kb, "docs", question, 1, "dense", serving).collection == "docs__g1"
+        with milvus.connect(kb) as promoter:
+            gen = promoter.create_generation("docs", promoter.index_meta("docs__g1"))  # type: ignore[arg-type]
+            text = "The Zorblax 3000 battery lasts 120 minutes since the firmware update."
+            chunk = Chunk(doc_id_for("manual-v2.md"), 0, text, "manual-v2.md", path="manual-v2.md")
+            promoter.upsert_chunks(gen, [chunk], encode_queries(kb, [text]))
+            promoter.flush(gen)
+            promoter.set_alias("docs", gen)
+        found = retrieve(kb, "docs", question, 1, "dense", serving)
+        assert (found.collection, found.hits[0].uri) == ("docs__g2", "manual-v2.md")
+        assert serving.resolve("docs__g1") == "docs__g1"  # the old generation is still there, by its own name
+
+
 def test_a_collection_built_with_another_model_is_refused(settings: Settings) -> None:
     index_texts(settings, "other", {"a.md": "text"}, model="some/other-model")
     with pytest.raises(RetrievalError, match="some/other-model"):
