@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.settings import Settings
-from tasks.models import CpuGauge, configure_torch, cpu_has_bf16, embedding_source, load_embedder, threads_beside
+from tasks.models import CpuGauge, configure_torch, cpu_has_bf16, embedding_source, load_encoder, threads_beside
 
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
 _CALIBRATE_MIN_TEXTS = 256  # fewer texts than this are embedded in fp32 without measuring bf16
@@ -52,12 +52,12 @@ class Embedder:
         self.passes_by_threads: Counter[int] = Counter()
         source = embedding_source(settings.models.embedding)
         self.name = source.name
-        self.model = load_embedder(settings.models.embedding)
-        self.model.eval()
+        encoder = load_encoder(settings.models.embedding)
+        self.transformer = encoder.model
         self.calibration: dict[str, float] = {}
-        self.tokenizer = self.model.tokenizer
-        self.max_length = int(self.model.get_max_seq_length() or 256)
-        self.dim = int(self.model.get_embedding_dimension() or 384)
+        self.tokenizer = encoder.tokenizer
+        self.max_length = encoder.max_length
+        self.dim = encoder.dim
         self._torch = torch
         self.bf16 = bf16 if bf16 is not None else _bf16_undecided(settings)
         self._frozen: Any = None  # the traced encoder (freeze_for_queries), used instead of the eager one
@@ -110,14 +110,13 @@ class Embedder:
 
     def _trace(self, ids: list[int]) -> Any:
         torch = self._torch
-        transformer: Any = self.model[0].auto_model
         example = (torch.tensor([ids]), torch.ones((1, len(ids)), dtype=torch.long))
         with warnings.catch_warnings(), torch.no_grad():
             # deprecated in favour of torch.compile, which measured slower here and compiles for 42 s; the
             # tracer's "converted to a Python boolean" notes are the encoder's fixed branches (not causal,
             # no cache), and the probe check above catches a branch that should not have been fixed
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_last_hidden(transformer), example, check_trace=False)
+            traced = torch.jit.trace(_last_hidden(self.transformer), example, check_trace=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
     def _fit_threads(self, others: float | None) -> None:
@@ -137,8 +136,7 @@ class Embedder:
         if self._frozen is not None:
             hidden = self._frozen(input_ids, mask).float()
         else:
-            transformer: Any = self.model[0].auto_model
-            hidden = transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+            hidden = self.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
         # Mean pooling over real tokens, then L2 normalisation: the model's own Pooling + Normalize modules.
         summed = (hidden * mask.unsqueeze(-1)).sum(1)
         pooled = summed / mask.sum(1, keepdim=True).clamp(min=1)

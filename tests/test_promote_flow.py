@@ -53,11 +53,11 @@ def env(s3_settings: Settings, prefect_harness: None, tmp_path: Path) -> Setting
 
 def build_generation(settings: Settings, pages: dict[str, str]) -> str:
     """A new generation of alias ``docs`` holding ``pages`` (file name -> text), embedded for real."""
-    from tasks.retrieval import encode_queries, query_encoder
+    from tasks.retrieval import encode_queries, query_embedder
 
-    name, model = query_encoder(settings.models.embedding)
+    embedder = query_embedder(settings)
     with IndexClient(settings.milvus_uri) as index:
-        meta = IndexMeta(name, model.get_embedding_dimension(), {"test": True})
+        meta = IndexMeta(embedder.name, embedder.dim, {"test": True})
         gen = index.create_generation("docs", meta)
         chunks = [Chunk(doc_id=f"{page}-{i}", chunk_index=0, text=text, uri=f"file:///docs/{page}.md",
                         path=f"{page}.md", title=page) for i, (page, text) in enumerate(pages.items())]

@@ -35,9 +35,11 @@ def check(as_json: bool = JsonOption) -> None:
 
 
 def _check_embedder(models: Any, settings: Any) -> dict[str, Any]:
+    from tasks.embedding import Embedder
+
     source = models.embedding_source(settings.models.embedding)
-    model, load_s = _timed(lambda: models.load_embedder(settings.models.embedding))
-    vector, embed_s = _timed(lambda: model.encode(["ragtune keeps an index current."], normalize_embeddings=True))
+    model, load_s = _timed(lambda: Embedder(settings, bf16=False))  # as ingestion and queries load it
+    vector, embed_s = _timed(lambda: model.encode(["ragtune keeps an index current."]))
     return {"name": source.name, "origin": source.origin, "path": str(source.path), "load_s": load_s,
             "embed_s": embed_s, "dim": int(vector.shape[1])}
 
