@@ -95,17 +95,14 @@ class Embedder:
         try:
             frozen = self._trace(probe[0])
             with self._torch.inference_mode():
-                eager = self._forward(probe)
-                self._frozen = frozen
-                diff = float(np.abs(self._forward(probe) - eager).max())
+                diff = float(np.abs(self._forward(probe, frozen) - self._forward(probe)).max())
         except Exception as exc:  # tracing is an optimisation: any failure keeps the eager model
-            self._frozen = None
             log.warning("the query encoder stays eager: tracing it failed (%s)", exc)
             return False
         if diff > _FROZEN_TOLERANCE:
-            self._frozen = None
             log.warning("the query encoder stays eager: its frozen trace differs by %.1e on a probe", diff)
             return False
+        self._frozen = frozen
         return True
 
     def _trace(self, ids: list[int]) -> Any:
@@ -125,16 +122,19 @@ class Embedder:
             self.threads = configure_torch(n)
         self.passes_by_threads[self.threads] += 1
 
-    def _forward(self, sequences: list[list[int]]) -> np.ndarray:
+    def _forward(self, sequences: list[list[int]], network: Any = None) -> np.ndarray:
+        """Unit vectors of ``sequences``, through ``network`` (input_ids, mask -> last hidden state) when given,
+        else the frozen encoder when there is one, else the eager one."""
         torch = self._torch
+        network = network if network is not None else self._frozen
         width = max(len(s) for s in sequences)
         input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
         for row, seq in enumerate(sequences):
             input_ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        if self._frozen is not None:
-            hidden = self._frozen(input_ids, mask).float()
+        if network is not None:
+            hidden = network(input_ids, mask).float()
         else:
             hidden = self.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
         # Mean pooling over real tokens, then L2 normalisation: the model's own Pooling + Normalize modules.

@@ -257,12 +257,12 @@ def _require_mean_pooling(path: Path) -> None:
     modules = path / "modules.json"
     if not modules.exists():
         return  # a plain transformers model: sentence-transformers would mean-pool it too
-    kinds = [m["type"].rsplit(".", 1)[-1] for m in json.loads(modules.read_text())]
+    entries = json.loads(modules.read_text())
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in entries]
     if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
         raise UnsupportedEmbeddingModelError(f"{path}: sentence-transformers pipeline {kinds}; ragtune embeds "
                                              "with Transformer -> Pooling (mean) [-> Normalize] only")
-    pooling = next(m["path"] for m in json.loads(modules.read_text()) if m["type"].endswith("Pooling"))
-    modes = json.loads((path / pooling / "config.json").read_text())
+    modes = json.loads((path / entries[1]["path"] / "config.json").read_text())
     used = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v is True)
     if used != ["pooling_mode_mean_tokens"]:
         raise UnsupportedEmbeddingModelError(f"{path}: pools with {used}; ragtune embeds with mean pooling only")
