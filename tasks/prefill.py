@@ -5,8 +5,10 @@ SmolLM2-135M over a 1,000-token prompt spends about a sixth of its time outside 
 rotary embedding through ``cat``/``neg``, RMSNorm as five small ops, residual adds, and q/k/v and
 gate/up as five separate GEMMs. This path computes the same function with fewer passes over memory:
 
-- one GEMM for q, k and v, one for gate and up; the residual adds happen inside the output
-  projections' GEMMs (``addmm``); RMSNorm is ``F.rms_norm``; rotary is two ``addcmul_`` on the halves;
+- one GEMM for q, k and v, one for gate and up; the residual stream is updated in place inside the
+  output projections' GEMMs (``addmm_``); RMSNorm is three passes (``F.rms_norm`` composes seven ops);
+  rotary is two ``addcmul_`` on the halves; the normed rows and the gate/up product (12 MB at 1,000
+  tokens) live in buffers every layer reuses instead of fresh, page-faulting allocations;
 - the last layer computes keys and values for every position (the cache needs them) and the rest
   (query, attention, MLP) for the last position only: its logits are all that generation needs;
 - the shared prefix, the system turn that every question's prompt starts with, is computed once per
@@ -92,12 +94,13 @@ class FastPrefill:
              keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Hidden states of ``ids[start:]`` (only the last when filling ``cache``); ``rows`` hold ``ids[:start]``."""
         n = len(ids)
-        x = self.model.model.embed_tokens(torch.tensor(ids[start:]))
+        x = self.model.model.embed_tokens(torch.tensor(ids[start:]))  # the residual stream, updated in place
         cos, sin = self.model.model.rotary_emb(x[None], torch.arange(start, n)[None])
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]
+        work = _Workspace(x.shape[0], x.shape[1], self.layers[0].gate_up.shape[0])
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, x.shape[-1:], layer.norm_attn, self.eps)
+            h = _rms_norm(x, layer.norm_attn, self.eps, out=work.normed[: x.shape[0]])
             trim = cache is not None and i == last
             qkv, last_query = self._qkv(layer, h, rows[i] if rows else None, cos, sin, start, trim)
             if keep is not None:
@@ -111,8 +114,8 @@ class FastPrefill:
                 q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                 is_causal=not trim, enable_gqa=True)
             attn = attn[0].transpose(0, 1).reshape(-1, self.heads * self.dim)[-x.shape[0] :]
-            x = torch.addmm(x, attn, layer.o_t)
-            x = self._mlp(layer, x)
+            x.addmm_(attn, layer.o_t)
+            self._mlp(layer, x, work)
         return x
 
     def _qkv(self, layer: _Layer, h: torch.Tensor, prefix_rows: torch.Tensor | None, cos: torch.Tensor,
@@ -146,12 +149,33 @@ class FastPrefill:
                 qkv[:, q_width : q_width + kv_width].view(n, self.kv_heads, d),
                 qkv[:, q_width + kv_width :].view(n, self.kv_heads, d))
 
-    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        h = F.rms_norm(x, x.shape[-1:], layer.norm_mlp, self.eps)
-        gate_up = F.linear(h, layer.gate_up)
+    def _mlp(self, layer: _Layer, x: torch.Tensor, work: _Workspace) -> None:
+        """x += down(silu(gate(h)) * up(h)) for h = RMSNorm(x), in place, through the workspace's buffers."""
+        rows = x.shape[0]
+        h = _rms_norm(x, layer.norm_mlp, self.eps, out=work.normed[:rows])
+        gate_up = torch.mm(h, layer.gate_up.t(), out=work.gate_up[:rows])
         half = gate_up.shape[1] // 2
         act = F.silu(gate_up[:, :half], inplace=True).mul_(gate_up[:, half:])
-        return torch.addmm(x, act, layer.down_t)
+        x.addmm_(act, layer.down_t)
+
+
+class _Workspace:
+    """Buffers every layer reuses: the normed rows and the gate/up product (12 MB at 1,000 tokens).
+
+    Fresh tensors of that size per layer came back from the allocator as new pages: thousands of page
+    faults per prompt. The q/k/v rows are not here: the cache keeps each layer's.
+    """
+
+    def __init__(self, rows: int, hidden: int, gate_up: int):
+        self.normed = torch.empty(rows, hidden)
+        self.gate_up = torch.empty(rows, gate_up)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, x * rsqrt(mean(x^2) + eps) * weight, in three passes over x."""
+    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    scale.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return torch.mul(x, scale, out=out).mul_(weight)
 
 
 def _fuse(layer: Any) -> _Layer:
