@@ -3,14 +3,14 @@
     python bench/query.py [--rows 100000] [--queries 60] [--prompt-tokens 1024] [--no-server]
                           [--no-generation | --generation-only]
 
-Retrieval: p50/p95 of one question's embed + search, timed around ``tasks.retrieval.retrieve`` by the
-serving alias as `ragtune ask` calls it (alias resolved, embedding model checked, the question encoded
-with the real all-MiniLM-L6-v2, top 10 chunks searched), against Milvus Lite and a Milvus 2.3 server
-holding ``rows`` synthetic chunks (random unit vectors; Zipf word texts so BM25 has postings), beside
-numpy brute-force top-k over the very same vectors. Milvus Lite is timed with ragtune's search patch
-(tasks/milvus_lite_speedup.py) and then with upstream's search code, dense and hybrid (``upstream_*``
-keys); ``load_1m`` is the load average before and after. The server is timed once it has gone quiet
-after its start (``server.settle_s``: it loads, compacts and indexes for a minute or more).
+Retrieval: p50/p95 of one question's embed + search, timed around ``tasks.retrieval.retrieve`` by the serving
+alias as `ragtune serve` calls it (alias resolved, embedding model checked, the question encoded with the real
+all-MiniLM-L6-v2, traced and frozen as serve loads it, top 10 chunks searched), against Milvus Lite and a
+Milvus 2.3 server holding ``rows`` synthetic chunks (random unit vectors; Zipf word texts so BM25 has
+postings), beside numpy brute-force top-k over the very same vectors. Milvus Lite is timed with ragtune's
+search patch (tasks/milvus_lite_speedup.py) and then with upstream's search code, dense and hybrid
+(``upstream_*`` keys); ``load_1m`` is the load average before and after. The server is timed once it has gone
+quiet after its start (``server.settle_s``: it loads, compacts and indexes for a minute or more).
 Generation: SmolLM2 time to first token for a ``prompt-tokens`` prompt, and the compute bound for
 it: prompt tokens x 2 x non-embedding parameters / this machine's fp32 matmul rate, measured now
 with the same threads: the median of 5 runs after one untimed warm-up. ``first_token_*`` is ragtune's
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ragtune.settings import Settings, get_settings  # noqa: E402
 from tasks import milvus, milvus_lite_speedup, stack  # noqa: E402
 from tasks.models import EMBEDDING_MODEL_NAME, CpuGauge, configure_torch  # noqa: E402
-from tasks.retrieval import encode_queries, retrieve  # noqa: E402
+from tasks.retrieval import encode_queries, query_embedder, retrieve  # noqa: E402
 from tasks.types import IndexMeta  # noqa: E402
 
 DIM = 384
@@ -95,7 +95,7 @@ def synthetic_row(i: int, vector: np.ndarray, text: str) -> dict[str, Any]:
 
 
 def time_queries(settings: Settings, index: milvus.IndexClient, queries: list[str], mode: str) -> list[float]:
-    """Seconds per question: encode + search, as `ragtune ask` does before generating (``retrieve`` by the
+    """Seconds per question: encode + search, as `ragtune serve` does before generating (``retrieve`` by the
     serving alias: the alias resolved, the model checked, the question encoded, the generation searched)."""
     for q in queries[:3]:  # warm-up: first searches load segments (and build BM25 scorers)
         _search(settings, index, q, mode)
@@ -258,6 +258,7 @@ def main() -> None:
     lite_uri = str(settings.data_dir / "bench" / f"query-{args.rows}.db")
     Path(lite_uri).parent.mkdir(parents=True, exist_ok=True)
     _, build_s = build_collection(lite_uri, vectors, texts)
+    query_embedder(settings, frozen=True)  # as `ragtune serve` loads it
     load_before = os.getloadavg()[0]
     lite = lite_latency(top_k_settings(settings), lite_uri, queries)
     dense, hybrid = lite["dense"], lite["hybrid"]

@@ -41,20 +41,22 @@ class Retrieval:
     note: str = ""
 
 
-def query_embedder(settings: Settings) -> Any:
+def query_embedder(settings: Settings, frozen: bool = False) -> Any:
     """The ingestion path's Embedder (same model, pooling, normalisation), loaded once per process and model.
 
-    fp32: bf16 autocast pays off on batches, but measured slower for one short query on this CPU. Frozen for
-    small calls (``Embedder.freeze_for_queries``: ~0.5 s once, then 5-6 ms a question instead of ~11).
+    fp32: bf16 autocast pays off on batches, but measured slower for one short query on this CPU.
+    ``frozen``: also trace and freeze it for single questions (``Embedder.freeze_for_queries``: 0.6-0.8 s
+    once, then 5-7 ms a question instead of 11-15): for processes that answer many questions (`ragtune
+    serve`); a one-question process (`ragtune ask`) gains nothing from it.
     """
     from tasks.embedding import Embedder
 
     key = settings.models.embedding
     with _LOCK:
         if key not in _EMBEDDERS:
-            embedder = Embedder(settings, bf16=False)
-            embedder.freeze_for_queries()
-            _EMBEDDERS[key] = embedder
+            _EMBEDDERS[key] = Embedder(settings, bf16=False)
+        if frozen:
+            _EMBEDDERS[key].freeze_for_queries()
         return _EMBEDDERS[key]
 
 
