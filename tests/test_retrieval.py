@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ragtune.settings import Settings
-from tasks import milvus
+from tasks import milvus, retrieval
 from tasks.answering import QuestionError, ask
 from tasks.models import EMBEDDING_MODEL_NAME, configure_torch
-from tasks.retrieval import RetrievalError, encode_queries, retrieve
+from tasks.retrieval import RetrievalError, encode_queries, query_embedder, retrieve
 from tasks.types import Chunk, IndexMeta, doc_id_for
 
 TOPICS = ["resetting a forgotten password", "replacing the printer toner", "configuring the VPN client",
@@ -110,6 +111,19 @@ def test_answer_cites_the_indexed_document(kb: Settings) -> None:
     assert answer.collection == "docs__g1" and answer.model.endswith("SmolLM2-135M-Instruct")
     assert answer.release_id is None and answer.sources[0]["uri"] == "manual.md"
     assert {"embed_s", "search_s", "generate_s", "first_token_s"} <= set(answer.timings)
+
+
+def test_the_query_encoder_is_frozen_only_for_many_questions(settings: Settings, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """`ragtune ask` (one question) keeps the eager encoder; `ragtune serve` freezes the same one at load."""
+    monkeypatch.setattr(retrieval, "_EMBEDDERS", {})  # this test's freeze must not leak into other tests
+    questions = ["How long does the battery last?", "Which port does the metrics endpoint use on the server?"]
+    eager = query_embedder(settings)
+    assert eager._frozen is None
+    before = eager.encode(questions)
+    assert query_embedder(settings, frozen=True) is eager and eager._frozen is not None
+    assert query_embedder(settings)._frozen is not None  # still frozen for the process's next caller
+    np.testing.assert_allclose(eager.encode(questions), before, atol=1e-5)
 
 
 def test_an_open_client_sees_an_alias_switched_by_another(kb: Settings) -> None:
