@@ -4,8 +4,10 @@ Serving guards greedy decoding against loops (a 135M model repeats itself): a re
 no-repeat n-gram rule, both counted over the answer only, so quoting the prompt's documents stays
 possible. Model evaluation decodes plainly (tasks/model_eval), so its metrics measure the model itself.
 
-Generation runs in a worker thread feeding a ``TextIteratorStreamer`` so the CLI and the API can show
-tokens as they come; a failure inside that thread is re-raised in the caller, never a hung stream.
+Generation (the prompt pass, then decoding) runs on the process's answering thread
+(``tasks.models.on_torch_thread``, which also encodes questions and loads models) feeding a
+``TextIteratorStreamer``, so the CLI and the API can show tokens as they come; a failure there is
+re-raised in the caller, never a hung stream, and a caller that stops reading stops the decoding.
 
 The prompt's forward pass (time to first token) goes through tasks/prefill when the model is one it
 reproduces (SmolLM2 and other plain Llama models on a CPU): the first token comes from its logits and
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tasks.models  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
+from tasks.models import on_the_torch_thread, torch_pool
 from tasks.prompting import Prompt, shared_prefix_ids
 from tasks.types import Hit
 
@@ -79,7 +82,16 @@ class Citation:
 
 @lru_cache(maxsize=2)
 def load_generator(path: str, name: str) -> Generator:
-    """Load a causal LM directory once per process (a second call with the same path is free)."""
+    """Load a causal LM directory once per process (a second call with the same path is free).
+
+    Loaded on the answering thread (``tasks.models.on_torch_thread``): the load runs the shared prefix's pass.
+    """
+    from tasks.models import on_torch_thread
+
+    return on_torch_thread(_load_generator, path, name)
+
+
+def _load_generator(path: str, name: str) -> Generator:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.prefill import FastPrefill
@@ -111,17 +123,20 @@ def stream_answer(
         "logits_processor": answer_processors(decoding or Decoding(), prompt.n_tokens, gen.tokenizer),
     }
     errors: list[BaseException] = []
+    stop = threading.Event()
+    kwargs["stopping_criteria"] = _stopping_when(stop)
     start = time.perf_counter()
     with gen.lock:
-        rest: dict[str, Any] | None = kwargs
-        if fast_prefill and gen.prefill is not None:
-            rest = _prefill_here(gen, prompt, kwargs, streamer)
-        worker = threading.Thread(target=_generate, args=(gen.model, rest, streamer, errors), daemon=True)
-        if rest is not None:
-            worker.start()
-        yield from streamer
-        if rest is not None:
-            worker.join()
+        if on_the_torch_thread():  # already there (a job that answers): the whole answer first, then its pieces
+            _answer(gen, prompt, kwargs, streamer, errors, fast_prefill)
+            yield from streamer
+        else:
+            job = torch_pool().submit(_answer, gen, prompt, kwargs, streamer, errors, fast_prefill)
+            try:
+                yield from streamer
+            finally:  # the caller may stop reading (a client gone): no decoding on for nobody
+                stop.set()
+                job.result()
     stats.total_s = time.perf_counter() - start
     stats.new_tokens = streamer.new_tokens
     if streamer.first_token_at is not None:
@@ -237,43 +252,59 @@ def _words(text: str) -> set[str]:
     return {w for w in words if (len(w) > 2 or w.isdigit()) and w not in _STOP}
 
 
-def _generate(model: Any, kwargs: dict[str, Any], streamer: Any, errors: list[BaseException]) -> None:
+def _answer(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: Any, errors: list[BaseException],
+            fast_prefill: bool) -> None:
+    """The whole answer on the answering thread: the prompt pass (ragtune's where it applies), then decoding.
+
+    A failure is kept for the consumer to re-raise and the stream is ended: never a hung stream.
+    """
     import torch
 
     try:
         with torch.inference_mode():
-            model.generate(**kwargs)
+            rest: dict[str, Any] | None = kwargs
+            if fast_prefill and gen.prefill is not None:
+                rest = _prefill(gen, prompt, kwargs, streamer)
+            if rest is not None:
+                gen.model.generate(**rest)
     except BaseException as exc:  # re-raised by the consumer; the stream must still end
         errors.append(exc)
         streamer.end()
 
 
-def _prefill_here(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: Any) -> dict[str, Any] | None:
-    """The prompt's pass in the calling thread, its first token streamed; generate()'s arguments for the rest.
+def _prefill(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: Any) -> dict[str, Any] | None:
+    """The prompt's pass, its first token streamed; generate()'s arguments for the rest.
 
-    The calling thread, not the worker: on this 2-vCPU host a forward pass in a second thread ran ~9% slower
-    (a second OpenMP thread team beside the caller's; measured in docs/retrieval.md). None when the answer
-    is already complete (an end token first, or a one-token answer).
+    None when the answer is already complete (an end token first, or a one-token answer).
     """
-    import torch
-
     assert gen.prefill is not None
-    try:
-        with torch.inference_mode():
-            logits, cache = gen.prefill(prompt.input_ids, prompt.shared_prefix)
-            ids = kwargs["input_ids"]
-            first = kwargs["logits_processor"](ids, logits).argmax(dim=-1, keepdim=True)
-    except Exception as exc:
-        raise RuntimeError(f"generation failed: {exc}") from exc
+    logits, cache = gen.prefill(prompt.input_ids, prompt.shared_prefix)
+    ids = kwargs["input_ids"]
+    first = kwargs["logits_processor"](ids, logits).argmax(dim=-1, keepdim=True)
     streamer.put(ids)  # the prompt, which the streamer skips, as generate() would send it
     streamer.put(first[0])
     ends = gen.model.generation_config.eos_token_id
     if int(first) in (ends if isinstance(ends, list) else [ends]) or kwargs["max_new_tokens"] <= 1:
         streamer.end()
         return None
+    import torch
+
     ids = torch.cat([ids, first], dim=1)
     return {**kwargs, "input_ids": ids, "attention_mask": torch.ones_like(ids), "cache": cache,
             "max_new_tokens": kwargs["max_new_tokens"] - 1, "streamer": _Continuation(streamer)}
+
+
+def _stopping_when(stop: threading.Event) -> Any:
+    """generate()'s stopping criteria: end as soon as ``stop`` is set."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            import torch
+
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+    return StoppingCriteriaList([Stop()])
 
 
 class _Continuation:

@@ -47,22 +47,26 @@ def query_embedder(settings: Settings, frozen: bool = False) -> Any:
     fp32: bf16 autocast pays off on batches, but measured slower for one short query on this CPU.
     ``frozen``: also trace and freeze it for single questions (``Embedder.freeze_for_queries``: 0.6-0.8 s
     once, then 5-7 ms a question instead of 11-15): for processes that answer many questions (`ragtune
-    serve`); a one-question process (`ragtune ask`) gains nothing from it.
+    serve`); a one-question process (`ragtune ask`) gains nothing from it. Loaded and frozen on the
+    answering thread (``tasks.models.on_torch_thread``), where ``encode_queries`` runs it.
     """
     from tasks.embedding import Embedder
+    from tasks.models import on_torch_thread
 
     key = settings.models.embedding
     with _LOCK:
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(settings, bf16=False)
+            _EMBEDDERS[key] = on_torch_thread(Embedder, settings, bf16=False)
         if frozen:
-            _EMBEDDERS[key].freeze_for_queries()
+            on_torch_thread(_EMBEDDERS[key].freeze_for_queries)
         return _EMBEDDERS[key]
 
 
 def encode_queries(settings: Settings, texts: list[str]) -> Any:
-    """Unit query vectors (numpy float32), with the configured embedding model."""
-    return query_embedder(settings).encode(texts)
+    """Unit query vectors (numpy float32), with the configured embedding model, on the answering thread."""
+    from tasks.models import on_torch_thread
+
+    return on_torch_thread(query_embedder(settings).encode, texts)
 
 
 def check_model(index: Any, collection: str, settings: Settings) -> str:

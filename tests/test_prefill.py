@@ -105,3 +105,30 @@ def test_a_one_token_answer_stops_after_the_prefill(generator: Any) -> None:
     one = generate_answer(generator, prompt, 1)
     assert one == generate_answer(generator, prompt, 1, fast_prefill=False)
     assert len(generator.tokenizer(one, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_the_answer_runs_on_the_answering_thread_and_stops_with_its_reader(generator: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torch op of an answer runs on one thread (see tasks.models.on_torch_thread), and a reader that
+    stops early (a client gone) ends the decoding instead of leaving that thread busy."""
+    import threading
+
+    from tasks.generation import stream_answer
+
+    real, seen = generator.model.generate, []
+
+    def generate(**kwargs: Any) -> Any:
+        out = real(**kwargs)
+        seen.append((threading.current_thread().name, out.shape[1] - kwargs["input_ids"].shape[1]))
+        return out
+
+    monkeypatch.setattr(generator.model, "generate", generate)
+    prompt = build_prompt(generator.tokenizer, "How does the autoscaler decide to add nodes?",
+                          [hit(AUTOSCALER, "ray.md")], 1024)
+    stream = stream_answer(generator, prompt, 64)
+    assert next(stream).strip()
+    stream.close()
+    [(thread, new_tokens)] = seen
+    assert thread.startswith("ragtune-torch") and threading.current_thread().name == "MainThread"
+    assert 1 <= new_tokens < 16, f"decoded {new_tokens} tokens after the reader left"
+    assert generate_answer(generator, prompt, 8).strip()  # the answering thread is free for the next answer
