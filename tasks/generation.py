@@ -129,12 +129,12 @@ def stream_answer(
     with gen.lock:
         if on_the_torch_thread():  # already there (a job that answers): the whole answer first, then its pieces
             _answer(gen, prompt, kwargs, streamer, errors, fast_prefill)
-            yield from streamer
+            yield from until_prompt_markup(streamer)
         else:
             job = torch_pool().submit(_answer, gen, prompt, kwargs, streamer, errors, fast_prefill)
             try:
-                yield from streamer
-            finally:  # the caller may stop reading (a client gone): no decoding on for nobody
+                yield from until_prompt_markup(streamer)
+            finally:  # the answer ended at markup, or the caller stopped reading (a client gone): stop decoding
                 stop.set()
                 job.result()
     stats.total_s = time.perf_counter() - start
@@ -143,6 +143,34 @@ def stream_answer(
         stats.first_token_s = streamer.first_token_at - start
     if errors:
         raise RuntimeError(f"generation failed: {errors[0]}") from errors[0]
+
+
+_MARKUP = re.compile(r"<\s*/?\s*(?:document|question)\b", re.IGNORECASE)
+_MAY_OPEN = re.compile(r"<\s*/?\s*([a-z]*)", re.IGNORECASE)
+
+
+def until_prompt_markup(pieces: Iterator[str]) -> Iterator[str]:
+    """The answer's pieces up to where the model starts writing the prompt's own markup.
+
+    Having answered, a small model often goes on to invent further ``<document>`` blocks and
+    ``<question>``s in the prompt's format: they are never part of the answer, and an invented document
+    reads like a source. Text that may be the start of such a tag is held back until it is clear either way.
+    """
+    held = ""
+    for piece in pieces:
+        text, held = held + piece, ""
+        if found := _MARKUP.search(text):
+            if text[: found.start()]:
+                yield text[: found.start()]
+            return
+        cut = text.rfind("<")
+        opening = _MAY_OPEN.fullmatch(text, cut) if cut >= 0 else None
+        if opening and any(tag.startswith(opening.group(1).lower()) for tag in ("document", "question")):
+            text, held = text[:cut], text[cut:]
+        if text:
+            yield text
+    if held:
+        yield held
 
 
 def generate_answer(gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,

@@ -16,6 +16,7 @@ from tasks.generation import (
     generate_answer,
     load_generator,
     parse_citations,
+    until_prompt_markup,
 )
 from tasks.models import configure_torch, generator_source
 from tasks.prompting import SYSTEM_PROMPT, PromptTooLongError, build_prompt, context_messages
@@ -106,6 +107,17 @@ def test_serving_decoding_still_quotes_the_document(generator: Any) -> None:
                           [hit(BATTERY, "manual.md"), hit(HOURS, "h.md")], 1024)
     answer = generate_answer(generator, prompt, 32, decoding=Decoding(cfg.repetition_penalty, cfg.no_repeat_ngram))
     assert "90 minutes" in answer
+
+
+@pytest.mark.parametrize(("pieces", "shown"), [
+    (["The battery lasts 90", " minutes [1].\n\n<doc", 'ument id="4" source="x.md">', "invented"],
+     ["The battery lasts 90", " minutes [1].\n\n"]),
+    (["It charges in 4 hours.", "\n< / Question>\nWhat else?"], ["It charges in 4 hours.", "\n"]),
+    (["if x < ", "b and y <", "= 3"], ["if x ", "< b and y ", "<= 3"]),  # "<" that opens no tag is kept
+    (["see <q"], ["see ", "<q"]),  # held back until the end, then shown
+])
+def test_an_answer_ends_where_the_model_writes_the_prompts_markup(pieces: list[str], shown: list[str]) -> None:
+    assert list(until_prompt_markup(iter(pieces))) == shown
 
 
 def test_citations_map_to_the_prompt_chunks() -> None:
