@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tasks.models  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
-from tasks.models import on_the_torch_thread, torch_pool
+from tasks.models import on_the_torch_thread, on_torch_thread, torch_pool
 from tasks.prompting import Prompt, shared_prefix_ids
 from tasks.types import Hit
 
@@ -86,8 +86,6 @@ def load_generator(path: str, name: str) -> Generator:
 
     Loaded on the answering thread (``tasks.models.on_torch_thread``): the load runs the shared prefix's pass.
     """
-    from tasks.models import on_torch_thread
-
     return on_torch_thread(_load_generator, path, name)
 
 
@@ -305,6 +303,8 @@ def _prefill(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: A
 
     None when the answer is already complete (an end token first, or a one-token answer).
     """
+    import torch
+
     assert gen.prefill is not None
     logits, cache = gen.prefill(prompt.input_ids, prompt.shared_prefix)
     ids = kwargs["input_ids"]
@@ -315,8 +315,6 @@ def _prefill(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: A
     if int(first) in (ends if isinstance(ends, list) else [ends]) or kwargs["max_new_tokens"] <= 1:
         streamer.end()
         return None
-    import torch
-
     ids = torch.cat([ids, first], dim=1)
     return {**kwargs, "input_ids": ids, "attention_mask": torch.ones_like(ids), "cache": cache,
             "max_new_tokens": kwargs["max_new_tokens"] - 1, "streamer": _Continuation(streamer)}
