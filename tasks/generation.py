@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tasks.models  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
-from tasks.models import on_the_torch_thread, on_torch_thread, torch_pool
+from tasks.models import in_torch_thread, on_torch_thread, torch_pool
 from tasks.prompting import Prompt, shared_prefix_ids
 from tasks.types import Hit
 
@@ -125,7 +125,7 @@ def stream_answer(
     kwargs["stopping_criteria"] = _stopping_when(stop)
     start = time.perf_counter()
     with gen.lock:
-        if on_the_torch_thread():  # already there (a job that answers): the whole answer first, then its pieces
+        if in_torch_thread():  # already there (a job that answers): the whole answer first, then its pieces
             _answer(gen, prompt, kwargs, streamer, errors, fast_prefill)
             yield from until_prompt_markup(streamer)
         else:

@@ -198,12 +198,13 @@ def on_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     9.5-10.4 tokens/s, in the thread that had run the prompt pass 15-19, and 15.2 again once the first
     thread's pool was released (``omp_pause_resource_all``).
     """
-    if on_the_torch_thread():
+    if in_torch_thread():
         return fn(*args, **kwargs)
     return torch_pool().submit(fn, *args, **kwargs).result()
 
 
-def on_the_torch_thread() -> bool:
+def in_torch_thread() -> bool:
+    """Whether the caller already is the answering thread (work submitted from it would wait on itself)."""
     return threading.current_thread().name.startswith(_TORCH_THREAD)
 
 
