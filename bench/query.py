@@ -15,8 +15,10 @@ Generation: SmolLM2 time to first token for a ``prompt-tokens`` prompt, and the 
 tokens x 2 x non-embedding parameters / this machine's fp32 matmul rate, measured now with the same threads:
 the median of 5 runs after one untimed warm-up. ``first_token_*`` is ragtune's prompt pass (tasks/prefill; the
 system turn's 73 tokens are computed when the model loads and reused, as in serving), on serving's answering
-thread, where the matmul rate is measured too; ``transformers_first_token_*`` is transformers' own prefill on
-the same prompt, alternated with it. The last stdout line is one JSON object.
+thread, where the matmul rate is measured too, with its attention kernel (tasks/attention);
+``pytorch_attention_first_token_*`` is the same pass with PyTorch's attention kernel, and
+``transformers_first_token_*`` transformers' own prefill on the same prompt, all three alternated. The last
+stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -191,7 +193,10 @@ def matmul_gflops(threads: int, seconds: float = 2.0) -> float:
 
 
 def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[str, Any]:
-    """Time to first token on ragtune's prompt pass (tasks/prefill) and on transformers' own, alternated."""
+    """Time to first token on ragtune's prompt pass, on it with PyTorch's attention kernel, and on transformers'.
+
+    The three alternate in every round, each right after a measurement of the matmul rate.
+    """
     from tasks.generation import load_generator
     from tasks.prompting import build_prompt
     from tasks.serving import resolve_serving
@@ -204,33 +209,50 @@ def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[
     prompt = build_prompt(gen.tokenizer, "How does the autoscaler decide to add nodes?", hits, prompt_tokens)
     params = sum(p.numel() for n, p in gen.model.named_parameters() if "embed" not in n)
     threads = configure_torch(settings.models.torch_threads)
-    runs: dict[bool, list[tuple[float, ...]]] = {True: [], False: []}
-    for fast in (True, False):  # warm-up, untimed: first-call allocations, as a serving process has them behind it
-        first_token(gen, prompt, fast, max_new_tokens=1)
+    arms = ["ragtune", "transformers"] + (["pytorch_attention"] if gen.prefill is not None else [])
+    runs: dict[str, list[tuple[float, ...]]] = {arm: [] for arm in arms}
+    for arm in arms:  # warm-up, untimed: first-call allocations, as a serving process has them behind it
+        first_token(gen, prompt, arm, max_new_tokens=1)
     for _ in range(rounds):  # the rate is measured right before each run: a shared CPU's speed drifts
-        for fast in (True, False):
+        for arm in arms:
             gflops = on_torch_thread(matmul_gflops, threads)  # where the answer's own passes run
-            first, decode = first_token(gen, prompt, fast)
-            runs[fast].append((first, prompt.n_tokens * 2 * params / (gflops * 1e9), gflops, decode))
-    first, bound, gflops, decode = (statistics.median(r[i] for r in runs[True]) for i in range(4))
-    return {"prompt_tokens": prompt.n_tokens, "non_embedding_params": params, "matmul_gflops": round(gflops, 1),
-            "prefill": "ragtune" if gen.prefill is not None else "transformers",
-            "shared_prefix_tokens": prompt.shared_prefix,
-            "first_token_s": round(first, 3), "first_token_bound_s": round(bound, 3),
-            "first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[True]), 3),
-            "first_token_runs_s": [round(r[0], 3) for r in runs[True]],
-            "transformers_first_token_s": round(statistics.median(r[0] for r in runs[False]), 3),
-            "transformers_first_token_ratio": round(statistics.median(r[0] / r[1] for r in runs[False]), 3),
-            "tokens_per_s": round(decode, 1)}
+            first, decode = first_token(gen, prompt, arm)
+            runs[arm].append((first, prompt.n_tokens * 2 * params / (gflops * 1e9), gflops, decode))
+    first, bound, gflops, decode = (statistics.median(r[i] for r in runs["ragtune"]) for i in range(4))
+    from tasks.attention import kernel
+
+    result = {"prompt_tokens": prompt.n_tokens, "non_embedding_params": params, "matmul_gflops": round(gflops, 1),
+              "prefill": "ragtune" if gen.prefill is not None else "transformers",
+              "attention_kernel": "ragtune" if gen.prefill is not None and kernel() is not None else "pytorch",
+              "shared_prefix_tokens": prompt.shared_prefix,
+              "first_token_s": round(first, 3), "first_token_bound_s": round(bound, 3),
+              "first_token_ratio": _ratio(runs["ragtune"]),
+              "first_token_runs_s": [round(r[0], 3) for r in runs["ragtune"]],
+              "tokens_per_s": round(decode, 1)}
+    for arm in arms[1:]:
+        result[f"{arm}_first_token_s"] = round(statistics.median(r[0] for r in runs[arm]), 3)
+        result[f"{arm}_first_token_ratio"] = _ratio(runs[arm])
+    return result
 
 
-def first_token(gen: Any, prompt: Any, fast: bool, max_new_tokens: int = 32) -> tuple[float, float]:
-    """Seconds to the first token and decode tokens/s of one greedy answer."""
+def _ratio(runs: list[tuple[float, ...]]) -> float:
+    """Median of first token / bound over runs (each run against the rate measured just before it)."""
+    return round(statistics.median(r[0] / r[1] for r in runs), 3)
+
+
+def first_token(gen: Any, prompt: Any, arm: str, max_new_tokens: int = 32) -> tuple[float, float]:
+    """Seconds to the first token and decode tokens/s of one greedy answer, the prompt pass per ``arm``."""
     from tasks.generation import GenerationStats, stream_answer
 
     stats = GenerationStats()
-    for _piece in stream_answer(gen, prompt, max_new_tokens, stats, fast_prefill=fast):
-        pass
+    if gen.prefill is not None:
+        gen.prefill.native_attention = arm != "pytorch_attention"
+    try:
+        for _piece in stream_answer(gen, prompt, max_new_tokens, stats, fast_prefill=arm != "transformers"):
+            pass
+    finally:
+        if gen.prefill is not None:
+            gen.prefill.native_attention = True
     decode = max(stats.new_tokens - 1, 1) / max(stats.total_s - (stats.first_token_s or 0), 1e-9)
     return stats.first_token_s or 0.0, decode
 
@@ -288,8 +310,9 @@ def main() -> None:
     if gen:
         print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
               f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x "
-              f"(transformers' own prefill: {gen['transformers_first_token_s']} s, "
-              f"{gen['transformers_first_token_ratio']}x); {gen['tokens_per_s']} tokens/s")
+              f"(with PyTorch's attention kernel: {gen.get('pytorch_attention_first_token_ratio')}x; transformers' "
+              f"own prefill: {gen['transformers_first_token_s']} s, {gen['transformers_first_token_ratio']}x); "
+              f"{gen['tokens_per_s']} tokens/s")
     print(json.dumps(result))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,25 @@ def test_the_answer_runs_on_the_answering_thread_and_stops_with_its_reader(gener
     assert thread.startswith("ragtune-torch") and threading.current_thread().name == "MainThread"
     assert 1 <= new_tokens < 16, f"decoded {new_tokens} tokens after the reader left"
     assert generate_answer(generator, prompt, 8).strip()  # the answering thread is free for the next answer
+
+
+def test_the_attention_kernel_gives_pytorchs_logits_on_smollm2(generator: Any) -> None:
+    """SmolLM2's prompt pass with tasks/attention's kernel and with PyTorch's attention (tests/test_attention
+    checks the kernel itself on random inputs)."""
+    from tasks.attention import kernel
+
+    assert generator.prefill is not None and generator.prefill.native_attention
+    hits = [hit(AUTOSCALER, f"ray{i}.md") for i in range(8)] + [hit(BATTERY, "x200.md")]
+    prompt = build_prompt(generator.tokenizer, "How long does the battery last?", hits, 1024)
+    assert prompt.n_tokens > 500 and prompt.shared_prefix > 0  # several key blocks, rows from the prefix store
+    with torch.inference_mode():
+        native, cache = generator.prefill(prompt.input_ids, prompt.shared_prefix)
+        generator.prefill.native_attention = False
+        try:
+            reference, reference_cache = generator.prefill(prompt.input_ids, prompt.shared_prefix)
+        finally:
+            generator.prefill.native_attention = True
+    assert kernel() is not None or shutil.which("c++") is None, "the attention kernel did not build"
+    torch.testing.assert_close(native, reference, rtol=1e-4, atol=1e-4)
+    assert int(native.argmax()) == int(reference.argmax())
+    torch.testing.assert_close(cache.layers[-1].values, reference_cache.layers[-1].values, rtol=1e-4, atol=1e-4)
