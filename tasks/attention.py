@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import sys
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,18 +68,18 @@ def kernel() -> Any | None:
 
 
 def _build() -> Any:
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import get_default_build_root, load
 
     _ninja_on_path()
     flags = ["-O3", "-march=native", "-fopenmp", *_vector_flags()]
     # -march=native: a build serves the CPU it was built on; the name keys the cache by CPU, torch and source.
     key = "\n".join([SOURCE.read_text(), torch.__version__, platform.machine(), _cpu_flags(), *flags])
     name = f"ragtune_attention_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    start = time.perf_counter()
-    module = load(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
-    if (took := time.perf_counter() - start) > 2:
-        log.info("built the prompt-pass attention kernel in %.0f s (once per machine)", took)
-    return module
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+    if not (folder / f"{name}.so").is_file():
+        log.info("building the prompt-pass attention kernel in %s (~30 s, once per machine)", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return load(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder))
 
 
 def _ninja_on_path() -> None:
