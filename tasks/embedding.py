@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 
 from ragtune.settings import Settings
-from tasks.models import CpuGauge, configure_torch, cpu_has_bf16, embedding_source, load_encoder, threads_beside
+from tasks.models import (
+    CpuGauge,
+    configure_torch,
+    cpu_has_bf16,
+    embedding_source,
+    load_encoder,
+    on_torch_thread,
+    threads_beside,
+)
 
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
 _CALIBRATE_MIN_TEXTS = 256  # fewer texts than this are embedded in fp32 without measuring bf16
@@ -67,10 +75,15 @@ class Embedder:
         return str(embedding_source().path)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Unit vectors for ``texts`` in their order (length-sorted internally)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        """Unit vectors for ``texts`` in their order (length-sorted internally), computed on the process's one
+        torch thread (``tasks.models.on_torch_thread``: a second thread's OpenMP pool would slow both)."""
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return on_torch_thread(self._encode, texts, batch_size)
+
+    def _encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        self.threads = configure_torch(self.threads)  # thread counts are per thread: set this one's
         if self.bf16 is None and len(texts) >= _CALIBRATE_MIN_TEXTS:
             self.bf16 = self._bf16_pays_off()
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)

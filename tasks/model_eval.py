@@ -188,13 +188,20 @@ _SCORED: dict[tuple[Any, ...], tuple[dict[str, Any], list[str]]] = {}
 
 def score_model(path: Path, rows: list[dict[str, Any]], sample: list[dict[str, Any]],
                 max_new_tokens: int) -> tuple[dict[str, Any], list[str]]:
+    from tasks.models import on_torch_thread
+
     key = _score_key(path, rows, sample, max_new_tokens)
-    if key not in _SCORED:
-        model, tokenizer = load_model(path)
-        answers = generate(model, tokenizer, sample, max_new_tokens)
-        _SCORED[key] = ({**heldout_loss(model, tokenizer, rows), **generation_scores(sample, answers)}, answers)
+    if key not in _SCORED:  # on the process's one torch thread: beside another thread's OpenMP pool, 2x slower
+        _SCORED[key] = on_torch_thread(_score, path, rows, sample, max_new_tokens)
     scores, answers = _SCORED[key]
     return dict(scores), list(answers)
+
+
+def _score(path: Path, rows: list[dict[str, Any]], sample: list[dict[str, Any]],
+           max_new_tokens: int) -> tuple[dict[str, Any], list[str]]:
+    model, tokenizer = load_model(path)
+    answers = generate(model, tokenizer, sample, max_new_tokens)
+    return {**heldout_loss(model, tokenizer, rows), **generation_scores(sample, answers)}, answers
 
 
 def _score_key(path: Path, rows: list[dict[str, Any]], sample: list[dict[str, Any]],
@@ -260,9 +267,9 @@ def model_path(path: Path) -> Path:
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate_models(settings: Settings, candidate: Path, eval_path: Path, base: Path | None = None,
                     limit: int | None = None) -> dict[str, Any]:
-    from tasks.models import configure_torch, generator_source
+    from tasks.models import configure_torch, generator_source, on_torch_thread
 
-    configure_torch(settings.models.torch_threads)
+    on_torch_thread(configure_torch, settings.models.torch_threads)  # where score_model runs the models
     base = base or generator_source(settings.cache_dir, settings.models.generator).path
     return compare_models(model_path(base), model_path(candidate), eval_path, limit or settings.training.eval_examples,
                           settings.training.max_new_tokens, loss_limit=settings.training.eval_loss_examples)
@@ -271,10 +278,10 @@ def evaluate_models(settings: Settings, candidate: Path, eval_path: Path, base: 
 def evaluate_for_gate(settings: Settings, checkpoint: Path | None, dataset: str) -> dict[str, float]:
     """One model's scores (None: the base model) on a dataset version's eval split, for the promotion gate."""
     from tasks.dataset_store import load_dataset_version
-    from tasks.models import configure_torch, generator_source
+    from tasks.models import configure_torch, generator_source, on_torch_thread
     from tasks.training.data import read_jsonl, seeded_sample
 
-    configure_torch(settings.models.torch_threads)
+    on_torch_thread(configure_torch, settings.models.torch_threads)  # where score_model runs the models
     base = generator_source(settings.cache_dir, settings.models.generator).path
     path = model_path(checkpoint) if checkpoint else base
     rows = read_jsonl(load_dataset_version(settings, dataset).eval_path)

@@ -34,6 +34,20 @@ def test_vectors_match_sentence_transformers_in_input_order(settings: Settings, 
     assert cosine.min() > 0.9999, cosine
 
 
+def test_encoding_runs_on_the_torch_thread(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingestion's batches, like questions, run on the process's one torch thread (tasks.models.on_torch_thread)."""
+    import threading
+
+    embedder = Embedder(settings, bf16=False, threads=1)
+    threads: list[str] = []
+    real = embedder._forward
+    monkeypatch.setattr(embedder, "_forward",
+                        lambda *a, **k: threads.append(threading.current_thread().name) or real(*a, **k))
+    assert embedder.encode(TEXTS, batch_size=2).shape == (len(TEXTS), 384)
+    assert embedder.encode([]).shape == (0, 384)
+    assert len(threads) == 2 and all(name.startswith("ragtune-torch") for name in threads)
+
+
 def test_the_frozen_query_encoder_matches_the_eager_one(settings: Settings) -> None:
     eager = Embedder(settings, bf16=False, threads=1)
     frozen = Embedder(settings, bf16=False, threads=1)

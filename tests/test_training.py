@@ -393,6 +393,26 @@ def test_a_model_scored_on_the_same_rows_is_not_scored_twice_in_one_process(
     assert len(loads) == 2
 
 
+def test_models_are_scored_on_the_torch_thread(dataset: Path, tiny_model: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside another thread's OpenMP pool (the pipeline's query encoding), generation ran 1.5-1.7x slower."""
+    import shutil
+    import threading
+
+    from tasks import model_eval
+    from tasks.training.data import read_jsonl
+
+    threads: list[str] = []
+    real = model_eval.generate
+    monkeypatch.setattr(model_eval, "generate",
+                        lambda *a, **k: threads.append(threading.current_thread().name) or real(*a, **k))
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    rows = read_jsonl(dataset / "eval.jsonl")
+    scores, answers = model_eval.score_model(model, rows, rows[:2], 4)
+    assert len(answers) == 2 and "loss" in scores
+    assert len(threads) == 1 and threads[0].startswith("ragtune-torch")
+
+
 # -- the flow and the CLI ------------------------------------------------------------------------------
 def cache_version(settings: Any, source: Path, gate: bool) -> str:
     """A dataset version in the local cache, as tasks.dataset_store writes it (sha256-checked on load)."""
