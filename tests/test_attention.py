@@ -39,11 +39,17 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     (200, 31, 4, 4, 24),  # no grouping; a dim that is not a multiple of the vector width
     (77, 10, 4, 2, 16),
 ])
-def test_the_kernel_matches_pytorch(keys: int, cached: int, heads: int, kv_heads: int, dim: int) -> None:
+@pytest.mark.parametrize("threads", [1, 3])  # 3: more threads than work items in the small shapes
+def test_the_kernel_matches_pytorch(keys: int, cached: int, heads: int, kv_heads: int, dim: int, threads: int) -> None:
     assert attention.kernel() is not None, "the attention kernel did not build"
     q, k, v = qkv(keys, heads, kv_heads, dim)
     expected = sdpa(q, k, v)[cached:]
-    got = attention.causal_attention(q[cached:], k, v)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = attention.causal_attention(q[cached:], k, v)
+    finally:
+        torch.set_num_threads(before)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6)
 
