@@ -197,6 +197,7 @@ def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[
 
     The three alternate in every round, each right after a measurement of the matmul rate.
     """
+    from tasks.attention import kernel
     from tasks.generation import load_generator
     from tasks.prompting import build_prompt
     from tasks.serving import resolve_serving
@@ -219,8 +220,6 @@ def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[
             first, decode = first_token(gen, prompt, arm)
             runs[arm].append((first, prompt.n_tokens * 2 * params / (gflops * 1e9), gflops, decode))
     first, bound, gflops, decode = (statistics.median(r[i] for r in runs["ragtune"]) for i in range(4))
-    from tasks.attention import kernel
-
     result = {"prompt_tokens": prompt.n_tokens, "non_embedding_params": params, "matmul_gflops": round(gflops, 1),
               "prefill": "ragtune" if gen.prefill is not None else "transformers",
               "attention_kernel": "ragtune" if gen.prefill is not None and kernel() is not None else "pytorch",

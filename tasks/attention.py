@@ -100,6 +100,7 @@ def _vector_flags() -> list[str]:
     return []
 
 
+@lru_cache(maxsize=1)
 def _cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()

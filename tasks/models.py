@@ -191,7 +191,8 @@ _TORCH_POOL_LOCK = threading.Lock()
 def on_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` on the process's one answering thread and return its result (its exception re-raised).
 
-    Serving runs every torch op (query encoding, model loads, the prompt pass, decoding) on one thread.
+    Every torch op of a ragtune process runs on this one thread: embedding (ingestion batches and
+    questions), model loads, the prompt pass, decoding and model evaluation.
     libgomp keeps an idle OpenMP pool for each thread that ever ran a parallel op, and once the pools'
     threads outnumber the cores it throttles every pool's spin-wait: each of decoding's ~200 small
     parallel ops a token then waits for a futex wake-up. Measured: generate() in a second thread decoded

@@ -63,10 +63,9 @@ def query_embedder(settings: Settings, frozen: bool = False) -> Any:
 
 
 def encode_queries(settings: Settings, texts: list[str]) -> Any:
-    """Unit query vectors (numpy float32), with the configured embedding model, on the answering thread."""
-    from tasks.models import on_torch_thread
-
-    return on_torch_thread(query_embedder(settings).encode, texts)
+    """Unit query vectors (numpy float32), with the configured embedding model (``Embedder.encode`` runs on
+    the answering thread)."""
+    return query_embedder(settings).encode(texts)
 
 
 def check_model(index: Any, collection: str, settings: Settings) -> str:
