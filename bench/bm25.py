@@ -10,8 +10,8 @@ five words from rare to common. Each is timed as ``IndexClient.search_bm25`` (k=
 ``search_hybrid``, dense + BM25 as `ragtune ask` searches) in three blocks, each after one untimed
 warm-up search per query:
 
-- ``bm25_*_ms``: ragtune's patch (tasks/milvus_lite_speedup.py: validity masks, and the numpy scorer in
-  tasks/milvus_lite_bm25.py); ``bm25_*_first_ms``: the first search of each word, which builds its
+- ``bm25_*_ms``: ragtune's patch (tasks/stores/milvus_lite/search.py: validity masks, and the numpy scorer in
+  tasks/stores/milvus_lite/bm25.py); ``bm25_*_first_ms``: the first search of each word, which builds its
   posting arrays (that block runs first, on a fresh client: segments load in its warm-up search);
 - ``scorer_upstream_bm25_*_ms``: ragtune's masks with upstream's per-posting scorer (the scorer's share);
 - ``upstream_bm25_*_ms``: all of milvus-lite's own search code.
@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from query import _timed, build_collection, synthetic_corpus  # noqa: E402
 
-from ragtune.settings import get_settings  # noqa: E402
-from tasks import milvus, milvus_lite_speedup  # noqa: E402
+from tasks.settings import get_settings  # noqa: E402
+from tasks.stores import milvus
+from tasks.stores.milvus_lite import search as milvus_lite_speedup  # noqa: E402
 
 K = 10
 TARGETS = {"rare": 40, "mid": 18_000, "common": 80_000}

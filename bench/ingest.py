@@ -106,9 +106,9 @@ def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 def step_raw(args: argparse.Namespace) -> dict[str, Any]:
     """Plain SentenceTransformer.encode, default settings (its own threads), batch 32, same chunk texts."""
-    from ragtune.settings import get_settings
-    from tasks.milvus import IndexClient
-    from tasks.models import load_embedder
+    from tasks.runtime.loading import load_embedder
+    from tasks.settings import get_settings
+    from tasks.stores.milvus import IndexClient
 
     settings = get_settings()
     with IndexClient.from_settings(settings) as index:
@@ -125,8 +125,8 @@ def step_raw(args: argparse.Namespace) -> dict[str, Any]:
 def step_pad(args: argparse.Namespace) -> dict[str, Any]:
     """Top the index up to ``--index-chunks`` rows with bench/query.py's synthetic chunks (flushed)."""
     from bench.query import synthetic_corpus, synthetic_row
-    from ragtune.settings import get_settings
-    from tasks.milvus import IndexClient
+    from tasks.settings import get_settings
+    from tasks.stores.milvus import IndexClient
 
     settings = get_settings()
     with IndexClient.from_settings(settings) as index:
@@ -144,11 +144,11 @@ def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
     """Change one document, emit its event, re-index it as the trigger would, poll until searchable."""
     start_process = time.perf_counter()
     from flows.reindex import reindex_document
-    from ragtune.settings import get_settings
-    from tasks.indexing import embedder, warm_up
-    from tasks.inventory import open_source
-    from tasks.milvus import IndexClient
-    from tasks.watching import CHANGED, emit_document_event
+    from tasks.ingest.inventory import open_source
+    from tasks.ingest.plan import embedder, warm_up
+    from tasks.ingest.watch import CHANGED, emit_document_event
+    from tasks.settings import get_settings
+    from tasks.stores.milvus import IndexClient
 
     settings = get_settings()
     source = open_source(args.corpus, settings)

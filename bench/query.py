@@ -3,22 +3,20 @@
     python bench/query.py [--rows 100000] [--queries 60] [--prompt-tokens 1024] [--no-server]
                           [--no-generation | --generation-only]
 
-Retrieval: p50/p95 of one question's embed + search, timed around ``tasks.retrieval.retrieve`` by the serving
+Retrieval: p50/p95 of one question's embed + search, timed around ``tasks.answer.retrieval.retrieve`` by the serving
 alias as `ragtune serve` calls it (alias resolved, embedding model checked, the question encoded with the real
 all-MiniLM-L6-v2, traced and frozen as serve loads it, top 10 chunks searched), against Milvus Lite and a
 Milvus 2.3 server holding ``rows`` synthetic chunks (random unit vectors; Zipf word texts so BM25 has
 postings), beside numpy brute-force top-k over the very same vectors. Milvus Lite is timed with ragtune's
-search patch (tasks/milvus_lite_speedup.py) and then with upstream's search code, dense and hybrid
+search patch (tasks/stores/milvus_lite/search.py) and then with upstream's search code, dense and hybrid
 (``upstream_*`` keys); ``load_1m`` is the load average before and after. The server is timed once it has gone
 quiet after its start (``server.settle_s``: it loads, compacts and indexes for a minute or more).
 Generation: SmolLM2 time to first token for a ``prompt-tokens`` prompt, and the compute bound for it: prompt
 tokens x 2 x non-embedding parameters / this machine's fp32 matmul rate, measured now with the same threads:
-the median of 5 runs after one untimed warm-up. ``first_token_*`` is ragtune's prompt pass (tasks/prefill; the
-system turn's 73 tokens are computed when the model loads and reused, as in serving), on serving's answering
-thread, where the matmul rate is measured too, with its attention kernel (tasks/attention);
-``pytorch_attention_first_token_*`` is the same pass with PyTorch's attention kernel, and
-``transformers_first_token_*`` transformers' own prefill on the same prompt, all three alternated. The last
-stdout line is one JSON object.
+the median of 5 runs after one untimed warm-up. ``first_token_*`` is ragtune's prompt pass (tasks/answer/prefill;
+the system turn's 73 tokens are computed when the model loads and reused, as in serving), on serving's answering
+thread, where the matmul rate is measured too; ``transformers_first_token_*`` is transformers' own prefill on the
+same prompt, the two alternated. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,10 +34,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ragtune.settings import Settings, get_settings  # noqa: E402
-from tasks import milvus, milvus_lite_speedup, stack  # noqa: E402
-from tasks.models import EMBEDDING_MODEL_NAME, CpuGauge, configure_torch, on_torch_thread  # noqa: E402
-from tasks.retrieval import encode_queries, query_embedder, retrieve  # noqa: E402
+from ragtune import stack  # noqa: E402
+from tasks.answer.retrieval import encode_queries, query_embedder, retrieve  # noqa: E402
+from tasks.runtime.cpu import CpuGauge, configure_torch
+from tasks.runtime.sources import EMBEDDING_MODEL_NAME
+from tasks.runtime.torch_thread import on_torch_thread  # noqa: E402
+from tasks.settings import Settings, get_settings  # noqa: E402
+from tasks.stores import milvus
+from tasks.stores.milvus_lite import search as milvus_lite_speedup
 from tasks.types import IndexMeta  # noqa: E402
 
 DIM = 384
@@ -193,14 +195,13 @@ def matmul_gflops(threads: int, seconds: float = 2.0) -> float:
 
 
 def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[str, Any]:
-    """Time to first token on ragtune's prompt pass, on it with PyTorch's attention kernel, and on transformers'.
+    """Time to first token on ragtune's prompt pass and on transformers'.
 
-    The three alternate in every round, each right after a measurement of the matmul rate.
+    The two alternate in every round, each right after a measurement of the matmul rate.
     """
-    from tasks.attention import kernel
-    from tasks.generation import load_generator
-    from tasks.prompting import build_prompt
-    from tasks.serving import resolve_serving
+    from tasks.answer.generation import load_generator
+    from tasks.answer.prompting import build_prompt
+    from tasks.answer.serving import resolve_serving
     from tasks.types import Hit
 
     serving = resolve_serving(settings)
@@ -210,7 +211,7 @@ def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[
     prompt = build_prompt(gen.tokenizer, "How does the autoscaler decide to add nodes?", hits, prompt_tokens)
     params = sum(p.numel() for n, p in gen.model.named_parameters() if "embed" not in n)
     threads = configure_torch(settings.models.torch_threads)
-    arms = ["ragtune", "transformers"] + (["pytorch_attention"] if gen.prefill is not None else [])
+    arms = ["ragtune", "transformers"]
     runs: dict[str, list[tuple[float, ...]]] = {arm: [] for arm in arms}
     for arm in arms:  # warm-up, untimed: first-call allocations, as a serving process has them behind it
         first_token(gen, prompt, arm, max_new_tokens=1)
@@ -222,7 +223,6 @@ def generation(settings: Settings, prompt_tokens: int, rounds: int = 5) -> dict[
     first, bound, gflops, decode = (statistics.median(r[i] for r in runs["ragtune"]) for i in range(4))
     result = {"prompt_tokens": prompt.n_tokens, "non_embedding_params": params, "matmul_gflops": round(gflops, 1),
               "prefill": "ragtune" if gen.prefill is not None else "transformers",
-              "attention_kernel": "ragtune" if gen.prefill is not None and kernel() is not None else "pytorch",
               "shared_prefix_tokens": prompt.shared_prefix,
               "first_token_s": round(first, 3), "first_token_bound_s": round(bound, 3),
               "first_token_ratio": _ratio(runs["ragtune"]),
@@ -241,17 +241,11 @@ def _ratio(runs: list[tuple[float, ...]]) -> float:
 
 def first_token(gen: Any, prompt: Any, arm: str, max_new_tokens: int = 32) -> tuple[float, float]:
     """Seconds to the first token and decode tokens/s of one greedy answer, the prompt pass per ``arm``."""
-    from tasks.generation import GenerationStats, stream_answer
+    from tasks.answer.generation import GenerationStats, stream_answer
 
     stats = GenerationStats()
-    if gen.prefill is not None:
-        gen.prefill.native_attention = arm != "pytorch_attention"
-    try:
-        for _piece in stream_answer(gen, prompt, max_new_tokens, stats, fast_prefill=arm != "transformers"):
-            pass
-    finally:
-        if gen.prefill is not None:
-            gen.prefill.native_attention = True
+    for _piece in stream_answer(gen, prompt, max_new_tokens, stats, fast_prefill=arm != "transformers"):
+        pass
     decode = max(stats.new_tokens - 1, 1) / max(stats.total_s - (stats.first_token_s or 0), 1e-9)
     return stats.first_token_s or 0.0, decode
 
@@ -309,8 +303,7 @@ def main() -> None:
     if gen:
         print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
               f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x "
-              f"(with PyTorch's attention kernel: {gen.get('pytorch_attention_first_token_ratio')}x; transformers' "
-              f"own prefill: {gen['transformers_first_token_s']} s, {gen['transformers_first_token_ratio']}x); "
+              f"(transformers' own prefill: {gen['transformers_first_token_s']} s, {gen['transformers_first_token_ratio']}x); "
               f"{gen['tokens_per_s']} tokens/s")
     print(json.dumps(result))
 

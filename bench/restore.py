@@ -4,7 +4,7 @@
 
 Both load the very same Parquet shards (synthetic rows: 384-d random unit vectors, ~60-word texts,
 the snapshot schema) into fresh generations of one server started for the run, each until its
-count(*) answers every row; inserts first, then bulk (``tasks.snapshot.bulk_load``: stage into the
+count(*) answers every row; inserts first, then bulk (``tasks.release.snapshot.bulk_load``: stage into the
 server's storage, one import task per shard, reload). The last stdout line is one JSON object.
 """
 
@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ragtune.settings import Settings  # noqa: E402
-from tasks import stack  # noqa: E402
-from tasks.milvus import IndexClient  # noqa: E402
-from tasks.snapshot import _insert_shards, bulk_load, chunk_schema  # noqa: E402
+from ragtune import stack  # noqa: E402
+from tasks.release.snapshot import _insert_shards, bulk_load, chunk_schema  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+from tasks.stores.milvus import IndexClient  # noqa: E402
 from tasks.types import IndexMeta  # noqa: E402
 
 DIM = 384

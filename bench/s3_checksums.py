@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ragtune.settings import S3Settings, Settings  # noqa: E402
-from tasks import stack  # noqa: E402
-from tasks.checksums import Expected  # noqa: E402
-from tasks.s3 import S3Store  # noqa: E402
+from ragtune import stack  # noqa: E402
+from tasks.settings import S3Settings, Settings  # noqa: E402
+from tasks.stores.checksums import Expected  # noqa: E402
+from tasks.stores.s3 import S3Store  # noqa: E402
 
 
 def main() -> None:

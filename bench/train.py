@@ -31,7 +31,7 @@ from tasks.training.launch import launch_command, launch_env, load_profile, reso
 BITEXT = (REPO.parent / "shared" / "data" / "bitext_customer_support"
           / "Bitext_Sample_Customer_Support_Training_Dataset.csv")
 PUBMEDQA = REPO.parent / "shared" / "data" / "pubmedqa_pqal" / "ori_pqal.json"
-SYSTEM = "You are a helpful assistant. Answer the question accurately and concisely."  # tasks.dataset's curated prompt
+SYSTEM = "You are a helpful assistant. Answer the question accurately and concisely."  # tasks.dataset.rows's curated prompt
 
 
 def bitext_rows(path: Path, limit: int) -> list[dict[str, Any]]:
@@ -44,7 +44,7 @@ def bitext_rows(path: Path, limit: int) -> list[dict[str, Any]]:
 
 def pubmedqa_rows(path: Path, limit: int) -> list[dict[str, Any]]:
     """Grounded rows as ragtune renders them: numbered abstract passages, the long answer citing [1]."""
-    from tasks.grounding import cite, context_messages
+    from tasks.dataset.grounding import cite, context_messages
 
     items = list(json.loads(path.read_text()).items())[:limit]
     return [{"id": f"pubmedqa-{pmid}", "kind": "grounded", "group": pmid, "reference": r["LONG_ANSWER"],
@@ -148,7 +148,7 @@ def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
 def _bf16(cuda: bool) -> bool:
     import torch
 
-    from tasks.models import cpu_bf16_pays
+    from tasks.runtime.cpu import cpu_bf16_pays
 
     return torch.cuda.is_bf16_supported() if cuda else cpu_bf16_pays(torch.get_num_threads())
 
@@ -178,7 +178,7 @@ def mfu(tokens_per_s: float, model: Path, seq: int, peak_tflops: float) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("RAGTUNE_BENCH_DATA", BITEXT)))
-    parser.add_argument("--model", type=Path, default=None, help="Model dir (default: SmolLM2 from tasks.models).")
+    parser.add_argument("--model", type=Path, default=None, help="Model dir (default: SmolLM2 from tasks.runtime.sources).")
     parser.add_argument("--method", default="full", choices=("full", "lora"))
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4)
@@ -195,8 +195,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.model is None:
-        from ragtune.settings import get_settings
-        from tasks.models import generator_source
+        from tasks.runtime.sources import generator_source
+        from tasks.settings import get_settings
 
         args.model = generator_source(get_settings().cache_dir).path
     if args.trainer_worker:
@@ -208,7 +208,7 @@ def main() -> None:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from tasks.models import free_cores
+    from tasks.runtime.cpu import free_cores
 
     cuda = torch.cuda.is_available()
     threads = args.threads or free_cores()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from ragtune.settings import Settings
+from tasks.settings import Settings
 
 FAILURE_AUTOMATION = "ragtune-run-failed"
 WEBHOOK_BLOCK = "ragtune-failures"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragtune.settings import get_settings
+from tasks.settings import get_settings
 
 INGEST_COMPLETED = "ragtune.ingest.completed"
 CHANGE_KEYS = ("added", "updated", "deleted")

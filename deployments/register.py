@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ragtune.settings import Settings
+from tasks.settings import Settings
 
 T = TypeVar("T")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def on_server(settings: Settings, coro: Coroutine[Any, Any, T]) -> T:
 
 
 def require_server(settings: Settings) -> None:
-    from tasks.stack import http_ok
+    from ragtune.stack import http_ok
 
     url = api_url(settings)
     if not http_ok(f"{url}/health"):

@@ -14,9 +14,9 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ragtune.settings import Settings, get_settings
-from tasks import dataset_build as steps
-from tasks.dataset_store import check_name, name_for
+from tasks.dataset import build as steps
+from tasks.dataset.versions import check_name, name_for
+from tasks.settings import Settings, get_settings
 
 # NO_CACHE: inputs are whole datasets; hashing them for a cache key would cost more than the step
 prepare_examples = task(name="prepare-examples", cache_policy=NO_CACHE)(steps.prepare_examples)

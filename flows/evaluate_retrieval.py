@@ -17,10 +17,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_documents
-from ragtune.settings import get_settings
-from tasks.beir import evaluate_run, load_beir
-from tasks.evaluation import CHUNKS_PER_DOC, beir_run, eval_alias, materialize_corpus, page_rankings, rank_questions
-from tasks.page_eval import hit_at_k, load_questions, source_pages, sourced_hits
+from tasks.evaluation.beir import evaluate_run, load_beir
+from tasks.evaluation.pages import hit_at_k, load_questions, source_pages, sourced_hits
+from tasks.evaluation.ranking import (
+    CHUNKS_PER_DOC,
+    beir_run,
+    eval_alias,
+    materialize_corpus,
+    page_rankings,
+    rank_questions,
+)
+from tasks.settings import get_settings
 
 
 @flow(name="evaluate-beir")

@@ -12,9 +12,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from ragtune.settings import get_settings
-from tasks.finetune import accepted_dataset, train_model
-from tasks.model_eval import evaluate_models, report_markdown
+from tasks.settings import get_settings
+from tasks.training.run import accepted_dataset, train_model
+from tasks.training.scoring import evaluate_models, report_markdown
 
 
 @flow(name="finetune-model")

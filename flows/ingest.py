@@ -18,11 +18,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from ragtune.settings import get_settings
-from tasks.batches import index_batch
-from tasks.indexing import batched, collection_lock, delete_removed, finish, open_run, plan
-from tasks.inventory import open_source
-from tasks.reporting import publish_report
+from tasks.ingest.batch import index_batch
+from tasks.ingest.inventory import open_source
+from tasks.ingest.plan import batched, collection_lock, delete_removed, finish, open_run, plan
+from tasks.ingest.report import publish_report
+from tasks.settings import get_settings
 
 
 @flow(name="ingest-documents")

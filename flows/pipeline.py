@@ -20,9 +20,9 @@ from flows.dataset import build_dataset
 from flows.finetune import finetune_model
 from flows.ingest import ingest_documents
 from flows.promote import promote_release
-from ragtune.settings import get_settings
-from tasks.curves import publish_training_curves
-from tasks.promotion import Candidate, GateConfig
+from tasks.release.promotion import Candidate, GateConfig
+from tasks.settings import get_settings
+from tasks.training.curves import publish_training_curves
 
 
 @flow(name="release-pipeline")

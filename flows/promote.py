@@ -16,11 +16,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import transaction
 
-from ragtune.settings import Settings, get_settings
-from tasks import promotion as steps
-from tasks.release import GateDecision, ReleaseManifest
-from tasks.release_gate import decide, decision_markdown
-from tasks.release_switch import switch_alias, switch_production, write_release
+from tasks.release import promotion as steps
+from tasks.release.gate import decide, decision_markdown
+from tasks.release.manifest import GateDecision, ReleaseManifest
+from tasks.release.switch import switch_alias, switch_production, write_release
+from tasks.settings import Settings, get_settings
 
 
 @task(cache_policy=NO_CACHE)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from ragtune.settings import Settings, get_settings
+from tasks.settings import Settings, get_settings
 
 log = logging.getLogger("ragtune.api")
 
@@ -122,9 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _start(settings: Settings, index: _IndexHolder, request: AskRequest) -> Any:
     """Retrieve and build the prompt; map each expected failure to its status code."""
-    from tasks import retrieval
-    from tasks.answering import QuestionError, ask
-    from tasks.prompting import PromptTooLongError
+    from tasks.answer import retrieval
+    from tasks.answer.answering import QuestionError, ask
+    from tasks.answer.prompting import PromptTooLongError
 
     try:
         return ask(settings, request.question, request.k, request.mode, request.max_new_tokens, index.get())
@@ -150,7 +150,7 @@ def _ndjson(stream: Any) -> Iterator[str]:
 
 
 def _health(settings: Settings, index: _IndexHolder) -> JSONResponse:
-    from tasks.serving import resolve_serving
+    from tasks.answer.serving import resolve_serving
 
     serving = resolve_serving(settings)
     body: dict[str, Any] = {"collection": serving.collection, "model": serving.model_name,
@@ -195,8 +195,8 @@ class _IndexHolder:
         self._client: Any = None
 
     def get(self) -> Any:
-        from tasks import milvus, retrieval
-
+        from tasks.answer import retrieval
+        from tasks.stores import milvus
         with self._lock:
             if self._client is None:
                 try:

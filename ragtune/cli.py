@@ -27,7 +27,7 @@ def _connect_prefect() -> None:
     """Runs before every command: flows report to the configured Prefect server, if any."""
     import os
 
-    from ragtune.settings import get_settings
+    from tasks.settings import get_settings
 
     api_url = get_settings().prefect.api_url
     if api_url:  # otherwise Prefect starts its ephemeral API, and runs are local only

@@ -78,7 +78,7 @@ class IndexMeta:
     metric: str = "COSINE"
     bm25: bool = True
     record_version: int = RECORD_VERSION
-    analyzer: str = ""  # BM25 terms: "" = Milvus' standard tokenizer on the raw text, else tasks.analyzer's name
+    analyzer: str = ""  # BM25 terms: "" = Milvus' standard tokenizer on the raw text, else tasks.stores.analyzer's name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

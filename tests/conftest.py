@@ -16,8 +16,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from ragtune.settings import S3Settings, Settings  # noqa: E402
-from tasks import stack  # noqa: E402
+from ragtune import stack  # noqa: E402
+from tasks.settings import S3Settings, Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from ragtune import stack
 from ragtune.api import create_app
-from ragtune.settings import Settings
-from tasks import stack
-from tests.test_retrieval import index_texts
+from tasks.settings import Settings
+from tests.answer.test_retrieval import index_texts
 
 MANUAL = "The Zorblax 3000 vacuum cleaner has a battery life of 90 minutes and charges in 4 hours."
 AUTH = {"Authorization": "Bearer s3cret-token"}

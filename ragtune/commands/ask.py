@@ -24,8 +24,8 @@ def ask(
     as_json: bool = JsonOption,
 ) -> None:
     """Answer a question from the indexed documents, citing them; tokens appear as they are generated."""
-    from ragtune.settings import get_settings
-    from tasks.answering import ask as start
+    from tasks.answer.answering import ask as start
+    from tasks.settings import get_settings
 
     stream = start(get_settings(), question, k, mode, max_new_tokens)
     out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the one JSON line
@@ -63,10 +63,10 @@ def serve(
     import uvicorn
 
     from ragtune.api import create_app
-    from ragtune.settings import get_settings
-    from tasks.generation import load_generator
-    from tasks.retrieval import query_embedder
-    from tasks.serving import resolve_serving
+    from tasks.answer.generation import load_generator
+    from tasks.answer.retrieval import query_embedder
+    from tasks.answer.serving import resolve_serving
+    from tasks.settings import get_settings
 
     settings = get_settings()
     serving = resolve_serving(settings)

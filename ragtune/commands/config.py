@@ -31,7 +31,7 @@ def settings_reference(model: BaseModel, prefix: str = "RAGTUNE_") -> list[dict[
 def show_config(markdown: bool = typer.Option(False, "--markdown", help="A Markdown table (for the README)."),
                 as_json: bool = JsonOption) -> None:
     """Print the effective settings (environment variables use the RAGTUNE_ prefix, __ for nesting)."""
-    from ragtune.settings import get_settings
+    from tasks.settings import get_settings
 
     rows = settings_reference(get_settings())
     if markdown:

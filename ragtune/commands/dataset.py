@@ -30,7 +30,7 @@ def build(
 ) -> None:
     """Build a dataset version; exits 1 with the failing expectations when the gate refuses the examples."""
     from flows.dataset import build_dataset
-    from tasks.dataset_store import GateFailedError
+    from tasks.dataset.versions import GateFailedError
 
     try:
         result = build_dataset(examples, mapping, grounded_from, name, seed, eval_share, max_seq_len)
@@ -45,8 +45,8 @@ def build(
 def show(version: str = typer.Argument(..., help="Version id (64 hex) or dataset name (its accepted version)."),
          as_json: bool = JsonOption) -> None:
     """A dataset version's manifest: sources, counts, token statistics and gate results."""
-    from ragtune.settings import get_settings
-    from tasks.dataset_store import load_dataset_version
+    from tasks.dataset.versions import load_dataset_version
+    from tasks.settings import get_settings
 
     found = load_dataset_version(get_settings(), version)
     manifest = {k: v for k, v in found.manifest.items() if k != "gx_result"}

@@ -85,9 +85,9 @@ def _say(message: str) -> None:
 
 def _start_stack() -> Any:
     """SeaweedFS and the Prefect server from tasks/stack; then settings and Prefect point at them."""
-    from ragtune.settings import get_settings
-    from tasks import stack
-    from tasks.s3 import S3Store
+    from ragtune import stack
+    from tasks.settings import get_settings
+    from tasks.stores.s3 import S3Store
 
     settings = get_settings()
     stack.require_binaries()

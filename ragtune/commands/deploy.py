@@ -32,7 +32,7 @@ def deploy(
     from deployments import register as reg
     from deployments.pools import CPU_POOL, GPU_POOL
     from ragtune.commands._common import UserError
-    from ragtune.settings import get_settings
+    from tasks.settings import get_settings
 
     if pool not in ("cpu", "gpu"):
         raise UserError(f"--pool must be cpu or gpu, not {pool!r}")

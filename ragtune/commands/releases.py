@@ -36,8 +36,8 @@ def promote(
 ) -> None:
     """Gate a candidate against production; publish it to S3 and switch serving if it passes."""
     from flows.promote import promote_release
-    from ragtune.settings import get_settings
-    from tasks.promotion import Candidate, GateConfig
+    from tasks.release.promotion import Candidate, GateConfig
+    from tasks.settings import get_settings
 
     if not collection and not checkpoint:
         raise UserError("give --collection and/or --checkpoint: nothing to promote")
@@ -63,9 +63,9 @@ def _promoted(result: dict[str, Any]) -> str:
 def releases(all_: bool = typer.Option(False, "--all", help="Also list half-written (never served) releases."),
              as_json: bool = JsonOption) -> None:
     """List releases: id, created, metrics, production marker."""
-    from ragtune.settings import get_settings
-    from tasks.promotion import store_for
-    from tasks.release import list_releases
+    from tasks.release.manifest import list_releases
+    from tasks.release.promotion import store_for
+    from tasks.settings import get_settings
 
     rows = [{"release_id": i.manifest.release_id, "created": i.manifest.created.isoformat(timespec="seconds"),
              "production": i.production, "served": i.served, "parent": i.manifest.parent,
@@ -92,8 +92,8 @@ def _table(result: dict[str, Any]) -> str:
 def rollback(release: str = typer.Argument(None, help="Release to serve; default: production's parent."),
              as_json: bool = JsonOption) -> None:
     """Point production and the alias back (no upload); naming production itself repairs its alias."""
-    from ragtune.settings import get_settings
-    from tasks.promotion import rollback_production
+    from tasks.release.promotion import rollback_production
+    from tasks.settings import get_settings
 
     emit(rollback_production(get_settings(), release), as_json,
          lambda r: f"production is release {r['release_id']} (was {r['previous']})")
@@ -103,8 +103,8 @@ def rollback(release: str = typer.Argument(None, help="Release to serve; default
 def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be deleted."),
           as_json: bool = JsonOption) -> None:
     """Retention: keep the last N releases (and production's parent); delete what nothing kept uses."""
-    from ragtune.settings import get_settings
-    from tasks.promotion import prune as run_prune
+    from tasks.release.promotion import prune as run_prune
+    from tasks.settings import get_settings
 
     emit(run_prune(get_settings(), dry_run), as_json)
 
@@ -121,8 +121,8 @@ def restore(release: str = typer.Argument(..., help="Release id, or 'production'
                                         "endpoint as the releases); shards are copied server side."),
             as_json: bool = JsonOption) -> None:
     """Rebuild a release's index from S3 alone (every file verified) into any Milvus."""
-    from ragtune.settings import get_settings
-    from tasks.promotion import restore_release
+    from tasks.release.promotion import restore_release
+    from tasks.settings import get_settings
 
     if (bulk_dir or bulk_s3) and "://" not in uri:
         raise UserError("--bulk-dir/--bulk-s3 need a Milvus server (--uri http://...): Milvus Lite has no bulk import")

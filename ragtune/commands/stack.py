@@ -21,16 +21,15 @@ def register(app: typer.Typer) -> None:
 @clear_errors
 def up(milvus: bool = MilvusOption, as_json: bool = JsonOption) -> None:
     """Start the services (idempotent: healthy ones are left alone) and wait until healthy."""
-    from ragtune.settings import get_settings
-    from tasks import stack
-
+    from ragtune import stack
+    from tasks.settings import get_settings
     settings = get_settings()
     stack.require_binaries()
     started = {}
     for service in stack.services(settings, with_milvus=milvus):
         typer.echo(f"starting {service.name} ...", err=True)
         started[service.name] = stack.start(service)
-    from tasks.s3 import S3Store
+    from tasks.stores.s3 import S3Store
 
     S3Store(settings).ensure_bucket()
     emit({"started": started, **_health(settings, milvus)}, as_json, _human)
@@ -39,9 +38,8 @@ def up(milvus: bool = MilvusOption, as_json: bool = JsonOption) -> None:
 @clear_errors
 def down(as_json: bool = JsonOption) -> None:
     """Stop every service of the stack (process groups: nothing is left behind)."""
-    from ragtune.settings import get_settings
-    from tasks import stack
-
+    from ragtune import stack
+    from tasks.settings import get_settings
     settings = get_settings()
     stopped = {s.name: stack.stop(s) for s in stack.services(settings, with_milvus=True)}
     emit({"stopped": stopped}, as_json, lambda r: "\n".join(f"{k}: {'stopped' if v else 'not running'}"
@@ -51,7 +49,7 @@ def down(as_json: bool = JsonOption) -> None:
 @clear_errors
 def status(as_json: bool = JsonOption) -> None:
     """Health of each service: an S3 put/get round trip (and bad credentials refused), Prefect API and UI."""
-    from ragtune.settings import get_settings
+    from tasks.settings import get_settings
 
     settings = get_settings()
     result = _health(settings, milvus=True)
@@ -61,8 +59,7 @@ def status(as_json: bool = JsonOption) -> None:
 
 
 def _health(settings: Any, milvus: bool) -> dict[str, Any]:
-    from tasks import health
-
+    from ragtune import health
     result = {"s3": health.s3(settings), "prefect": health.prefect(settings)}
     if milvus:
         result["milvus"] = health.milvus_server(settings)

@@ -33,7 +33,7 @@ CHOICES = {"method": ("lora", "full"), "bf16": ("auto", "yes", "no"), "preset": 
 class TrainConfig:
     data_dir: str = ""  # a dataset version dir: train.jsonl, eval.jsonl, manifest.json
     output_dir: str = ""  # the run dir: state/ (checkpoints), best/, model/ (the output)
-    base_model: str = ""  # safetensors model dir; empty = SmolLM2 from tasks.models
+    base_model: str = ""  # safetensors model dir; empty = SmolLM2 from tasks.runtime.sources
     preset: str = "default"
     method: str = "lora"  # lora | full
     max_seq_len: int = 1024  # longer examples are dropped (and counted), never cut
@@ -73,8 +73,8 @@ class TrainConfig:
     def resolved_base_model(self) -> str:
         if self.base_model:
             return self.base_model
-        from ragtune.settings import get_settings
-        from tasks.models import generator_source
+        from tasks.runtime.sources import generator_source
+        from tasks.settings import get_settings
 
         settings = get_settings()
         return str(generator_source(settings.cache_dir, settings.models.generator).path)
@@ -91,7 +91,7 @@ class TrainConfig:
         once and passes ``--bf16 yes|no``, so every rank agrees)."""
         import torch
 
-        from tasks.models import cpu_bf16_pays
+        from tasks.runtime.cpu import cpu_bf16_pays
 
         if self.bf16 != "auto":
             return self.bf16 == "yes"

@@ -1,6 +1,6 @@
 """Launch the training script under ``accelerate launch``, stream its progress, trust only its own report.
 
-Prefect-free and settings-free (PyYAML, the standard library and ``tasks.models`` only): ``tasks.finetune``
+Prefect-free and settings-free (PyYAML, the standard library and ``tasks.runtime`` only): ``tasks.training.run``
 wraps it in a Prefect task, and ``bench/train.py`` uses it directly on machines that hold only the
 training stack (torch, transformers, accelerate, peft), such as a lent GPU.
 """
@@ -53,7 +53,7 @@ def resolve_bf16(choice: str, profile: Profile, threads: int) -> str:
     """``auto`` on CPU decided here, once: ranks measuring for themselves could disagree."""
     if choice != "auto" or not profile.use_cpu:
         return choice
-    from tasks.models import cpu_bf16_pays
+    from tasks.runtime.cpu import cpu_bf16_pays
 
     return "yes" if cpu_bf16_pays(threads) else "no"
 

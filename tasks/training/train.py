@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-import tasks.models  # noqa: F401  (offline mode before transformers is imported)
+import tasks.runtime.cpu  # (offline mode before transformers is imported)
 from tasks.training import attention as packed_attention
 from tasks.training import checkpoint as ckpt
 from tasks.training.config import TrainConfig, parse_config
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step_scheduler_with_optimizer=False,  # it would step num_processes times per optimizer step
     )
     ckpt.check_world_size(accelerator.num_processes, cfg.expect_world_size)
-    threads = tasks.models.configure_torch(cfg.threads) if on_cpu else torch.get_num_threads()
+    threads = tasks.runtime.cpu.configure_torch(cfg.threads) if on_cpu else torch.get_num_threads()
     ckpt.check_run_dir(run_dir, cfg.resume, accelerator.is_main_process)
     set_seed(cfg.seed)
     say = _printer(accelerator)

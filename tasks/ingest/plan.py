@@ -1,0 +1,258 @@
+"""The ingestion run: plan (list, diff, guard), delete, finish and report; batches are in tasks.ingest.batch.
+
+Crash safety: before a batch writes chunks its documents are recorded as ``pending`` (and
+flushed), and only after the chunks are flushed are they recorded as ``indexed``. A run killed
+anywhere leaves at worst pending documents, which the next run redoes (or deletes, if gone);
+primary keys are deterministic, so redoing never duplicates.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.ingest.chunking import chunker_settings
+from tasks.ingest.inventory import Diff, Source, SourceFile, deletion_refusal, diff_listing
+from tasks.ingest.parsing import ParseLimits, ParserPool, default_workers
+from tasks.runtime.sources import embedding_source
+from tasks.settings import Settings
+from tasks.stores.milvus import IndexClient
+from tasks.types import DocRecord, IndexMeta
+
+LOCK_LEASE_S = 60.0  # the API minimum
+
+
+class DeletionGuardError(RuntimeError):
+    """A listing would delete too much of the index; nothing was deleted."""
+
+
+@dataclass
+class RunStats:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+    still_quarantined: int = 0
+    chunks_written: int = 0
+    chunks_reused: int = 0  # vectors taken from the index instead of re-embedding
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+@dataclass
+class Run:
+    settings: Settings
+    source: Source
+    index: IndexClient
+    collection: str  # the physical generation written to
+    meta: IndexMeta
+    workdir: Path
+    executor: ThreadPoolExecutor
+    stats: RunStats = field(default_factory=RunStats)
+    prefetched: dict[tuple[str, ...], Any] = field(default_factory=dict)  # tasks.ingest.batch.Prepared by batch
+    warming: bool = False
+
+
+def parser_pool(settings: Settings, documents: int = 0) -> ParserPool:
+    """The process's parser pool: started lazily (an unchanged re-run never pays for parser processes)
+    and kept for the process (a served deployment answers the next event without restarting workers).
+    First use starts one worker per free core (at most 2), or fewer when it has fewer documents: a
+    one-document event in a cold process should not spend a core importing a parser that gets no file."""
+    ing = settings.ingest
+    limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
+    with _POOLS_LOCK:
+        if limits not in _POOLS:
+            workers = default_workers(ing.parse_workers)
+            _POOLS[limits] = pool = ParserPool(min(workers, documents) if documents else workers, limits)
+            atexit.register(pool.__exit__, None, None, None)
+        return _POOLS[limits]
+
+
+def warm_up(settings: Settings) -> None:
+    """Load the embedding model and start the parser processes now, before the first event arrives."""
+    embedder(settings)
+    parser_pool(settings)
+
+
+_POOLS: dict[ParseLimits, ParserPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def index_meta(settings: Settings) -> IndexMeta:
+    """What this run would build: read from the model's files, without loading the model."""
+    source = embedding_source(settings.models.embedding)
+    dim = json.loads((source.path / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"]
+    chunker = chunker_settings(settings.ingest.max_tokens, source.name, settings.ingest.overlap_tokens)
+    return IndexMeta(source.name, int(dim), chunker)
+
+
+@contextlib.contextmanager
+def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = False) -> Iterator[Run]:
+    """A run writing into the generation ``alias`` serves, or into a new one (``rebuild``; not served
+    until promoted)."""
+    meta = index_meta(settings)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(IndexClient.from_settings(settings))
+        physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragtune-ingest-")))
+        executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ragtune-parse"))  # one pool user
+        yield Run(settings, source, client, physical, meta, workdir, executor)
+
+
+@lru_cache(maxsize=2)
+def _embedder(embedding: str, bf16: bool, threads: int) -> Any:
+    from tasks.ingest.embedding import Embedder
+
+    settings = Settings(models={"embedding": embedding, "bf16": bf16, "torch_threads": threads})
+    return Embedder(settings)
+
+
+_EMBEDDER_LOCK = threading.Lock()
+
+
+def embedder(settings: Settings) -> Any:
+    """One model load per process (a served deployment reuses it across event-driven runs)."""
+    m = settings.models
+    with _EMBEDDER_LOCK:  # the first batch warms it in the background while the main thread may ask too
+        return _embedder(m.embedding, m.bf16, m.torch_threads)
+
+
+# --- plan ------------------------------------------------------------------------------------------
+def plan(run: Run, force: bool = False) -> Diff:
+    with run.stats.timed("list"):
+        records = run.index.read_records(run.collection, run.source.uri)
+        diff = diff_listing(run.source.list(), records)
+    refusal = deletion_refusal(diff, records, run.settings.ingest.deletion_guard)
+    if refusal and not force:
+        raise DeletionGuardError(f"refusing to run: {refusal}; nothing was deleted. If this is intended, "
+                                 "rerun with --force (force=True).")
+    run.stats.unchanged = len(diff.unchanged)
+    run.stats.still_quarantined = len(diff.still_quarantined)
+    return diff
+
+
+def plan_documents(run: Run, uris: Sequence[str]) -> tuple[list[SourceFile], list[DocRecord]]:
+    """For named documents only (event-driven runs): those to (re)index and those gone from the source.
+
+    Cost is per document (a stat and a record lookup), never a listing of the corpus. A document
+    whose size and version match its record is skipped: repeated events for one version are free.
+    """
+    from tasks.types import doc_id_for
+
+    records = run.index.get_records(run.collection, [doc_id_for(u) for u in uris])
+    todo, gone = [], []
+    with run.stats.timed("list"):
+        for uri in dict.fromkeys(uris):
+            found = run.source.stat(relative_path(run.source, uri))
+            record = records.get(doc_id_for(uri))
+            if found is None:
+                gone += [record] if record else []
+            elif record and (record.size, record.version) == (found.size, found.version) \
+                    and record.status != "pending":
+                run.stats.unchanged += 1
+            else:
+                todo.append(found)
+    return todo, gone
+
+
+def source_for(settings: Settings, alias: str, uri: str) -> str:
+    """The source a document belongs to: as recorded in the index, else its folder (or bucket)."""
+    from tasks.types import doc_id_for
+
+    with IndexClient.from_settings(settings) as index:
+        if index.exists(alias) and (found := index.get_records(alias, [doc_id_for(uri)])):
+            return next(iter(found.values())).source
+    if uri.startswith("s3://"):
+        return "s3://" + uri[5:].split("/", 1)[0]
+    return uri.rsplit("/", 1)[0]
+
+
+def relative_path(source: Source, uri: str) -> str:
+    from urllib.parse import unquote
+
+    if not uri.startswith(source.uri + "/"):
+        raise ValueError(f"document {uri} is not under source {source.uri}")
+    rel = uri[len(source.uri) + 1:]
+    return unquote(rel) if source.uri.startswith("file:") else rel
+
+
+# --- deletion, finishing, reporting ---------------------------------------------------------------
+@task(name="delete-removed", cache_policy=NO_CACHE)
+def delete_removed(run: Run, removed: Sequence[DocRecord]) -> int:
+    """Chunks first, then records: a crash in between leaves records that the next run deletes again."""
+    ids = [r.doc_id for r in removed]
+    with run.stats.timed("write"):
+        run.index.delete_documents(run.collection, ids)
+        run.index.flush(run.collection)
+        run.index.delete_records(run.collection, ids)
+    run.stats.deleted += sum(1 for r in removed if r.status == "indexed")
+    return len(ids)
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Flush (Milvus Lite searches unflushed rows by brute force) and summarise the run."""
+    with run.stats.timed("flush"):
+        run.index.flush(run.collection)
+        run.index.flush_records(run.collection)
+    s = run.stats
+    total = sum(v for k, v in s.seconds.items() if k != "total")
+    emb = _embedder.cache_info().currsize and embedder(run.settings)
+    return {
+        "source": run.source.uri, "collection": run.collection, "added": s.added, "updated": s.updated,
+        "deleted": s.deleted, "unchanged": s.unchanged, "quarantined": len(s.quarantined),
+        "quarantine": s.quarantined, "still_quarantined": s.still_quarantined, "chunks_written": s.chunks_written,
+        "chunks_reused": s.chunks_reused, "seconds": {k: round(v, 3) for k, v in s.seconds.items()},
+        "chunks_per_s": round(s.chunks_written / total, 2) if total else 0.0,
+        "embedding": {"bf16": emb.bf16, "threads": emb.threads, "passes_by_threads": dict(emb.passes_by_threads),
+                      "calibration": emb.calibration} if emb else None,
+    }
+
+
+def batched(items: Sequence[SourceFile], size: int) -> Iterator[list[SourceFile]]:
+    """Batches growing 4, 8, 16... up to ``size``: the first embed starts after a short first parse."""
+    start, step = 0, min(4, max(1, size))
+    while start < len(items):
+        yield list(items[start:start + step])
+        start, step = start + step, min(step * 2, max(1, size))
+
+
+@contextlib.contextmanager
+def collection_lock(collection: str) -> Iterator[None]:
+    """Two runs on one collection never interleave: a Prefect global concurrency limit of 1 per name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"ragtune-ingest-{collection}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    # A short lease (renewed while the run lives): a killed run blocks the next one for about a minute.
+    with concurrency(name, occupy=1, strict=True, lease_duration=LOCK_LEASE_S):
+        yield
