@@ -303,7 +303,8 @@ def main() -> None:
     if gen:
         print(f"first token {gen['first_token_s']} s for {gen['prompt_tokens']} prompt tokens; compute bound "
               f"{gen['first_token_bound_s']} s ({gen['matmul_gflops']} GFLOP/s fp32) -> {gen['first_token_ratio']}x "
-              f"(transformers' own prefill: {gen['transformers_first_token_s']} s, {gen['transformers_first_token_ratio']}x); "
+              f"(transformers' own prefill: {gen['transformers_first_token_s']} s, "
+              f"{gen['transformers_first_token_ratio']}x); "
               f"{gen['tokens_per_s']} tokens/s")
     print(json.dumps(result))
 

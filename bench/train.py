@@ -31,7 +31,7 @@ from tasks.training.launch import launch_command, launch_env, load_profile, reso
 BITEXT = (REPO.parent / "shared" / "data" / "bitext_customer_support"
           / "Bitext_Sample_Customer_Support_Training_Dataset.csv")
 PUBMEDQA = REPO.parent / "shared" / "data" / "pubmedqa_pqal" / "ori_pqal.json"
-SYSTEM = "You are a helpful assistant. Answer the question accurately and concisely."  # tasks.dataset.rows's curated prompt
+SYSTEM = "You are a helpful assistant. Answer the question accurately and concisely."  # tasks.dataset.rows' prompt
 
 
 def bitext_rows(path: Path, limit: int) -> list[dict[str, Any]]:
@@ -178,7 +178,7 @@ def mfu(tokens_per_s: float, model: Path, seq: int, peak_tflops: float) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("RAGTUNE_BENCH_DATA", BITEXT)))
-    parser.add_argument("--model", type=Path, default=None, help="Model dir (default: SmolLM2 from tasks.runtime.sources).")
+    parser.add_argument("--model", type=Path, default=None, help="Model dir (default: SmolLM2).")
     parser.add_argument("--method", default="full", choices=("full", "lora"))
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4)

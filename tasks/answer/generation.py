@@ -84,7 +84,7 @@ class Citation:
 def load_generator(path: str, name: str) -> Generator:
     """Load a causal LM directory once per process (a second call with the same path is free).
 
-    Loaded on the answering thread (``tasks.runtime.torch_thread.on_torch_thread``): the load runs the shared prefix's pass.
+    Loaded on the answering thread (``tasks.runtime.torch_thread``): the load runs the shared prefix's pass.
     """
     return on_torch_thread(_load_generator, path, name)
 

@@ -118,7 +118,7 @@ def _retrieve(settings: Settings, collection: str, question: str, k: int, mode: 
 
 
 def search(index: Any, collection: str, question: str, vector: Any, k: int, mode: str, settings: Settings) -> list[Hit]:
-    """The top-``k`` chunks; with ``answer.chunks_per_page`` set, pages are ranked (``tasks.answer.fusion``) and a page's
+    """The top-``k`` chunks; with ``answer.chunks_per_page`` set, pages are ranked (``fusion``) and a page's
     chunks after its first ``chunks_per_page`` come only after every page's first ones."""
     answer = settings.answer
     if not answer.chunks_per_page:

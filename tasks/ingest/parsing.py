@@ -303,7 +303,8 @@ class ParserPool:
 
     def _spawn(self) -> _Slot:
         root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "tasks.ingest.parsing", json.dumps(asdict(self.limits))]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root)
         assert process.stdin and process.stdout

@@ -110,7 +110,7 @@ def test_a_one_token_answer_stops_after_the_prefill(generator: Any) -> None:
 
 def test_the_answer_runs_on_the_answering_thread_and_stops_with_its_reader(generator: Any,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every torch op of an answer runs on one thread (see tasks.runtime.torch_thread.on_torch_thread), and a reader that
+    """Every torch op of an answer runs on one thread (tasks.runtime.torch_thread), and a reader that
     stops early (a client gone) ends the decoding instead of leaving that thread busy."""
     import threading
 

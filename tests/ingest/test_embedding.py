@@ -36,7 +36,7 @@ def test_vectors_match_sentence_transformers_in_input_order(settings: Settings, 
 
 
 def test_encoding_runs_on_the_torch_thread(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ingestion's batches, like questions, run on the process's one torch thread (tasks.runtime.torch_thread.on_torch_thread)."""
+    """Ingestion's batches, like questions, run on the process's one torch thread (tasks.runtime.torch_thread)."""
     import threading
 
     embedder = Embedder(settings, bf16=False, threads=1)

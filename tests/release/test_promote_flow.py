@@ -12,8 +12,8 @@ import pytest
 
 from flows.promote import promote_release
 from tasks.answer.serving import resolve_serving
-from tasks.release.cache import forget
 from tasks.release import promotion
+from tasks.release.cache import forget
 from tasks.release.manifest import list_releases, read_pointer
 from tasks.settings import Settings
 from tasks.stores.milvus import IndexClient

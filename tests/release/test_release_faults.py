@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from flows.promote import promote_release
 from ragtune import stack
-from tasks.release.cache import forget, production_release
 from tasks.release import promotion
+from tasks.release.cache import forget, production_release
 from tasks.release.gate import decide
 from tasks.release.manifest import (
     ReleaseError,
