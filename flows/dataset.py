@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.dataset import build as steps
 from tasks.dataset.versions import check_name, name_for
-from tasks.settings import Settings, get_settings
+from tasks.runtime.process import process_settings
+from tasks.settings import Settings
 
 # NO_CACHE: inputs are whole datasets; hashing them for a cache key would cost more than the step
 prepare_examples = task(name="prepare-examples", cache_policy=NO_CACHE)(steps.prepare_examples)
@@ -55,7 +56,7 @@ def build_dataset(examples: str, mapping: str = "default", grounded_from: str | 
 
 def run_settings(eval_share: float | None, max_seq_len: int | None) -> Settings:
     """Settings with this run's overrides of the dataset section (flow parameters win)."""
-    settings = get_settings()
+    settings = process_settings()
     overrides = {k: v for k, v in {"eval_share": eval_share, "max_seq_len": max_seq_len}.items() if v is not None}
     section = settings.dataset.model_validate({**settings.dataset.model_dump(), **overrides})
     return settings.model_copy(update={"dataset": section})

@@ -27,13 +27,13 @@ from tasks.evaluation.ranking import (
     page_rankings,
     rank_questions,
 )
-from tasks.settings import get_settings
+from tasks.runtime.process import process_settings
 
 
 @flow(name="evaluate-beir")
 def evaluate_beir(dataset: str, mode: str = "hybrid", split: str = "test") -> dict[str, Any]:
     """Ingest the corpus (title + text per document) into its own collection, rank the split's queries, score."""
-    settings = get_settings()
+    settings = process_settings()
     data = load_beir(Path(dataset), split)
     alias = eval_alias("beir", data.name, settings)
     ingest = ingest_documents(materialize_corpus(settings, data), alias)
@@ -47,7 +47,7 @@ def evaluate_beir(dataset: str, mode: str = "hybrid", split: str = "test") -> di
 @flow(name="evaluate-pages")
 def evaluate_pages(questions: str, docs: str, k: int = 5, mode: str = "hybrid") -> dict[str, Any]:
     """Share of questions whose answering page is among the pages of the top-k chunks (also at 1, 5, 13)."""
-    settings = get_settings()
+    settings = process_settings()
     asked = load_questions(Path(questions))
     alias = eval_alias("pages", Path(docs).resolve().name, settings)
     ingest_documents(docs, alias)

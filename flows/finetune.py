@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.settings import get_settings
+from tasks.runtime.process import process_settings
 from tasks.training.run import accepted_dataset, train_model
 from tasks.training.scoring import evaluate_models, report_markdown
 
@@ -31,7 +31,7 @@ def finetune_model(dataset: str, profile: str = "", preset: str = "", method: st
         evaluate: Compare the fine-tuned model with the base model on the eval split afterwards.
         overrides: Training config fields to override (e.g. {"max_steps": 20}).
     """
-    settings = get_settings()
+    settings = process_settings()
     version = accepted_dataset(settings, dataset)  # refuses a version whose gate did not pass
     t = settings.training
     started = time.monotonic()

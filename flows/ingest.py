@@ -22,7 +22,7 @@ from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import open_source
 from tasks.ingest.plan import batched, collection_lock, delete_removed, finish, open_run, plan
 from tasks.ingest.report import publish_report
-from tasks.settings import get_settings
+from tasks.runtime.process import process_settings
 
 
 @flow(name="ingest-documents")
@@ -35,7 +35,7 @@ def ingest_documents(source: str, collection: str = "", force: bool = False, reb
         force: Allow a run that would delete more than settings.ingest.deletion_guard of the index.
         rebuild: Write everything into a new generation beside the live one; served only after promotion.
     """
-    settings = get_settings()
+    settings = process_settings()
     alias = collection or settings.milvus.collection
     with collection_lock(alias), open_run(settings, open_source(source, settings), alias, rebuild) as run:
         diff = plan(run, force)

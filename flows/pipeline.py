@@ -21,7 +21,7 @@ from flows.finetune import finetune_model
 from flows.ingest import ingest_documents
 from flows.promote import promote_release
 from tasks.release.promotion import Candidate, GateConfig
-from tasks.settings import get_settings
+from tasks.runtime.process import process_settings
 from tasks.training.curves import publish_training_curves
 
 
@@ -32,7 +32,7 @@ def release_pipeline(params: ReleaseParams = ReleaseParams()) -> dict[str, Any]:
     Args:
         params: what to index, what to train on, and how the candidate is gated.
     """
-    collection = params.collection or get_settings().milvus.collection
+    collection = params.collection or process_settings().milvus.collection
     stages: dict[str, Any] = {}
     _stage(stages, "ingest", ingest_documents, params.docs, collection=collection)
     _stage(stages, "dataset", build_dataset, params.examples, params.mapping, collection if params.grounded else None)

@@ -20,7 +20,8 @@ from tasks.release import promotion as steps
 from tasks.release.gate import decide, decision_markdown
 from tasks.release.manifest import GateDecision, ReleaseManifest
 from tasks.release.switch import switch_alias, switch_production, write_release
-from tasks.settings import Settings, get_settings
+from tasks.runtime.process import process_settings
+from tasks.settings import Settings
 
 
 @task(cache_policy=NO_CACHE)
@@ -65,7 +66,7 @@ def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = 
         force: Promote even if the gate refuses (recorded in the manifest).
         settings: Leave empty: the worker's settings (RAGTUNE_*) are used.
     """
-    settings = settings or get_settings()
+    settings = settings or process_settings()
     current = steps.read_production(settings)
     decision = evaluate_candidate(settings, candidate, gate or steps.GateConfig(), current, force)
     if not decision.promote:

@@ -27,7 +27,7 @@ from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import open_source
 from tasks.ingest.plan import collection_lock, delete_removed, finish, open_run, plan_documents, source_for
 from tasks.ingest.report import publish_report
-from tasks.settings import get_settings
+from tasks.runtime.process import process_settings
 
 
 @flow(name="reindex-document")
@@ -39,7 +39,7 @@ def reindex_document(uris: list[str], source: str = "", collection: str = "") ->
         source: Root the documents belong to; empty = the source recorded for the document, else its folder.
         collection: Serving alias; empty = settings.milvus.collection.
     """
-    settings = get_settings()
+    settings = process_settings()
     alias = collection or settings.milvus.collection
     root = source or source_for(settings, alias, uris[0])
     with collection_lock(alias), open_run(settings, open_source(root, settings), alias) as run:

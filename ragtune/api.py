@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from tasks.runtime.process import start_process
 from tasks.settings import Settings, get_settings
 
 log = logging.getLogger("ragtune.api")
@@ -98,7 +99,7 @@ async def _too_large(limit: int, send: Any) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    settings = start_process(settings or get_settings())
     app = FastAPI(title="ragtune", version="0.1.0", summary="Answers from the indexed documents, with sources.")
     app.add_middleware(BodyLimit, limit=settings.answer.max_request_bytes)
     index = _IndexHolder(settings)

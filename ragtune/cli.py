@@ -27,9 +27,9 @@ def _connect_prefect() -> None:
     """Runs before every command: flows report to the configured Prefect server, if any."""
     import os
 
-    from tasks.settings import get_settings
+    from tasks.runtime.process import process_settings
 
-    api_url = get_settings().prefect.api_url
+    api_url = process_settings().prefect.api_url
     if api_url:  # otherwise Prefect starts its ephemeral API, and runs are local only
         os.environ["PREFECT_API_URL"] = api_url
     # Prefect gives its ephemeral API 20 s to start; a first start on two busy cores (database

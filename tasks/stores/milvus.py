@@ -26,7 +26,6 @@ from pymilvus.exceptions import MilvusException
 
 from tasks.settings import Settings
 from tasks.stores.analyzer import ANALYZER, analyze
-from tasks.stores.milvus_lite import search as milvus_lite_speedup
 from tasks.types import METADATA_FIELDS, Chunk, DocRecord, Hit, IndexMeta
 
 META_PROPERTY = "ragtune.meta"
@@ -87,12 +86,10 @@ def record_name(collection: str) -> str:
 class IndexClient:
     """A context-managed client; every verb takes a collection or alias name."""
 
-    def __init__(self, uri: str, token: str = "", timeout: float = 60.0, lite_fast_search: bool = True):
+    def __init__(self, uri: str, token: str = "", timeout: float = 60.0):
         self.uri = uri
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            # Milvus Lite runs in this process: its searches are patched here (or restored, when turned off)
-            milvus_lite_speedup.enable() if lite_fast_search else milvus_lite_speedup.disable()
         try:
             self._c = MilvusClient(uri=uri, token=token, timeout=timeout, **_grpc_options(uri))
         except MilvusException as exc:
@@ -110,8 +107,7 @@ class IndexClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IndexClient:
-        return cls(settings.milvus_uri, settings.milvus.token.get_secret_value(),
-                   lite_fast_search=settings.milvus.lite_fast_search)
+        return cls(settings.milvus_uri, settings.milvus.token.get_secret_value())
 
     def __enter__(self) -> IndexClient:
         return self

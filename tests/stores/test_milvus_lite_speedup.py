@@ -256,9 +256,11 @@ def _check(client: MilvusClient, rng: np.random.Generator, deleted: set[str],
         assert dict(hits[0][2])["text"] == row["text"]
 
 
-def test_the_setting_turns_the_patch_off_and_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_setting_turns_the_patch_off_and_on_at_process_start(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from milvus_lite.engine import collection
 
+    from tasks.runtime.process import process_settings
     from tasks.settings import get_settings
 
     monkeypatch.setenv("RAGTUNE_DATA_DIR", str(tmp_path))
@@ -266,11 +268,11 @@ def test_the_setting_turns_the_patch_off_and_on(tmp_path: Path, monkeypatch: pyt
     try:
         monkeypatch.setenv("RAGTUNE_MILVUS__LITE_FAST_SEARCH", "false")
         get_settings.cache_clear()
-        with milvus.connect(get_settings()):
+        with milvus.connect(process_settings()):
             assert collection.execute_search_with_index is not milvus_lite_speedup._search_with_index
         monkeypatch.delenv("RAGTUNE_MILVUS__LITE_FAST_SEARCH")
         get_settings.cache_clear()
-        with milvus.connect(get_settings()):
+        with milvus.connect(process_settings()):
             assert collection.execute_search_with_index is milvus_lite_speedup._search_with_index
     finally:
         get_settings.cache_clear()
