@@ -100,8 +100,8 @@ def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     report = ingest_documents(args.corpus)
-    return {"seconds": round(time.perf_counter() - start, 3), "report": {k: v for k, v in report.items()
-                                                                       if k != "quarantine"}}
+    return {"seconds": round(time.perf_counter() - start, 3),
+            "report": report.model_dump(mode="json", exclude={"quarantine"})}
 
 
 def step_raw(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,7 +171,7 @@ def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
             time.sleep(0.05)
         chunks = index.count("docs")
     return {"event_to_searchable_s": round(time.perf_counter() - start, 3), "index_chunks": chunks,
-            "updated": report["updated"], "document": target.path, "stage_seconds": report["seconds"],
+            "updated": report.updated, "document": target.path, "stage_seconds": report.seconds,
             "process_s": round(time.perf_counter() - start_process, 3)}
 
 

@@ -44,11 +44,11 @@ def bitext_rows(path: Path, limit: int) -> list[dict[str, Any]]:
 
 def pubmedqa_rows(path: Path, limit: int) -> list[dict[str, Any]]:
     """Grounded rows as ragtune renders them: numbered abstract passages, the long answer citing [1]."""
-    from tasks.dataset.grounding import cite, context_messages
+    from tasks.dataset.grounding import lead_with_citation, training_messages
 
     items = list(json.loads(path.read_text()).items())[:limit]
     return [{"id": f"pubmedqa-{pmid}", "kind": "grounded", "group": pmid, "reference": r["LONG_ANSWER"],
-             "messages": context_messages(r["QUESTION"], r["CONTEXTS"], cite(r["LONG_ANSWER"], 1))}
+             "messages": training_messages(r["QUESTION"], r["CONTEXTS"], lead_with_citation(r["LONG_ANSWER"], 1))}
             for pmid, r in items]
 
 

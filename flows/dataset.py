@@ -10,25 +10,33 @@ import json
 import uuid
 from typing import Any
 
-from prefect import flow, get_run_logger, runtime, task
+from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from tasks.dataset import build as steps
-from tasks.dataset.versions import check_name, name_for
+from tasks.dataset.build import prepare_examples, publish_dataset, quarantine_examples, validate_examples
+from tasks.dataset.versions import DatasetVersion, check_name, name_for
 from tasks.runtime.process import process_settings
 from tasks.settings import Settings
 
-# NO_CACHE: inputs are whole datasets; hashing them for a cache key would cost more than the step
-prepare_examples = task(name="prepare-examples", cache_policy=NO_CACHE)(steps.prepare_examples)
-validate_examples = task(name="validate-examples", cache_policy=NO_CACHE)(steps.validate_examples)
-quarantine_examples = task(name="quarantine-examples", cache_policy=NO_CACHE)(steps.quarantine_examples)
-publish_dataset = task(name="publish-dataset", cache_policy=NO_CACHE)(steps.publish_dataset)
+
+class DatasetSummary(BaseModel):
+    """The published (or reused) dataset version; ``ragtune dataset build --json`` prints these keys."""
+
+    version: str
+    name: str
+    reused: bool
+    passed: bool
+    counts: dict[str, Any]
+    tokens: dict[str, Any]
+    path: str
+    warnings: list[str]
 
 
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(examples: str, mapping: str = "default", grounded_from: str | None = None, name: str | None = None,
-                  seed: int = 13, eval_share: float | None = None, max_seq_len: int | None = None) -> dict[str, Any]:
+                  seed: int = 13, eval_share: float | None = None, max_seq_len: int | None = None) -> DatasetSummary:
     """Validate examples with the GX gate; publish them as a dataset version only if every critical check holds.
 
     Args:
@@ -62,11 +70,11 @@ def run_settings(eval_share: float | None, max_seq_len: int | None) -> Settings:
     return settings.model_copy(update={"dataset": section})
 
 
-def summary(version: Any, reused: bool) -> dict[str, Any]:
+def summary(version: DatasetVersion, reused: bool) -> DatasetSummary:
     m = version.manifest
-    return {"version": version.version, "name": m["name"], "reused": reused, "passed": version.passed,
-            "counts": m["counts"], "tokens": m["tokens"], "path": str(version.path),
-            "warnings": [e["name"] for e in m["gate"]["expectations"] if not e["success"]]}
+    return DatasetSummary(version=version.version, name=m["name"], reused=reused, passed=version.passed,
+                          counts=m["counts"], tokens=m["tokens"], path=str(version.path),
+                          warnings=[e["name"] for e in m["gate"]["expectations"] if not e["success"]])
 
 
 if __name__ == "__main__":
@@ -76,4 +84,5 @@ if __name__ == "__main__":
     parser.add_argument("--grounded-from")
     parser.add_argument("--name")
     args = parser.parse_args()
-    print(json.dumps(build_dataset(args.examples, args.mapping, args.grounded_from, args.name), indent=2))
+    print(json.dumps(build_dataset(args.examples, args.mapping, args.grounded_from, args.name).model_dump(mode="json"),
+                     indent=2))

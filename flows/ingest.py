@@ -14,19 +14,18 @@ Run it locally with ``python -m flows.ingest SOURCE [COLLECTION]``.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from prefect import flow, get_run_logger
 
 from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import open_source
 from tasks.ingest.plan import batched, collection_lock, delete_removed, finish, open_run, plan
-from tasks.ingest.report import publish_report
+from tasks.ingest.report import IngestReport, publish_report
 from tasks.runtime.process import process_settings
 
 
 @flow(name="ingest-documents")
-def ingest_documents(source: str, collection: str = "", force: bool = False, rebuild: bool = False) -> dict[str, Any]:
+def ingest_documents(source: str, collection: str = "", force: bool = False, rebuild: bool = False) -> IngestReport:
     """Index what was added or changed, delete what was removed, flush, and report.
 
     Args:

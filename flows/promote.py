@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import transaction
+from pydantic import BaseModel, Field
 
 from tasks.release import promotion as steps
 from tasks.release.gate import decide, decision_markdown
@@ -24,7 +25,25 @@ from tasks.runtime.process import process_settings
 from tasks.settings import Settings
 
 
-@task(cache_policy=NO_CACHE)
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+class PromotionResult(BaseModel):
+    """What a promotion did; ``ragtune promote --json`` prints these keys.
+
+    A refusal changes nothing: ``unchanged``, ``forced`` and ``retention`` are then absent from the dump.
+    """
+
+    promoted: bool
+    unchanged: bool | None = Field(None, exclude_if=_absent, description="The candidate already was production.")
+    release_id: str | None
+    forced: bool | None = Field(None, exclude_if=_absent)
+    decision: GateDecision
+    retention: dict[str, Any] | None = Field(None, exclude_if=_absent, description="Retention's summary, or its error.")
+
+
+@task(name="evaluate-candidate", cache_policy=NO_CACHE)
 def evaluate_candidate(settings: Settings, candidate: steps.Candidate, gate: steps.GateConfig,
                        current: steps.Production, force: bool) -> GateDecision:
     """Candidate and production evaluated in this run; the decision and its reasons logged and shown."""
@@ -38,14 +57,14 @@ def evaluate_candidate(settings: Settings, candidate: steps.Candidate, gate: ste
     return decision
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="upload-release", cache_policy=NO_CACHE)
 def upload_release(settings: Settings, candidate: steps.Candidate, current: steps.Production,
                    decision: GateDecision) -> ReleaseManifest:
     with tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="snapshot-") as work:
         return steps.build_manifest(settings, candidate, current, decision, Path(work))
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="prune-releases", cache_policy=NO_CACHE)
 def prune_releases(settings: Settings) -> dict[str, Any]:
     """Retention after a promotion; a failure here is reported, the promotion stands."""
     try:
@@ -57,7 +76,7 @@ def prune_releases(settings: Settings) -> dict[str, Any]:
 
 @flow(name="promote-release")
 def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = None, force: bool = False,
-                    settings: Settings | None = None) -> dict[str, Any]:
+                    settings: Settings | None = None) -> PromotionResult:
     """Gate -> upload (verified) -> manifest -> pointer flip -> alias move -> retention.
 
     Args:
@@ -70,7 +89,7 @@ def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = 
     current = steps.read_production(settings)
     decision = evaluate_candidate(settings, candidate, gate or steps.GateConfig(), current, force)
     if not decision.promote:
-        return {"promoted": False, "release_id": None, "decision": decision.model_dump()}
+        return PromotionResult(promoted=False, release_id=None, decision=decision)
     with transaction():
         manifest = upload_release(settings, candidate, current, decision)
         unchanged = current.manifest is not None and steps.same_content(current.manifest, manifest)
@@ -79,8 +98,8 @@ def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = 
         else:
             switch_production(settings, manifest, write_release(settings, manifest), current)
         switch_alias(settings, manifest)
-    return {"promoted": not unchanged, "unchanged": unchanged, "release_id": manifest.release_id,
-            "forced": decision.forced, "decision": decision.model_dump(), "retention": prune_releases(settings)}
+    return PromotionResult(promoted=not unchanged, unchanged=unchanged, release_id=manifest.release_id,
+                           forced=decision.forced, decision=decision, retention=prune_releases(settings))
 
 
 if __name__ == "__main__":
@@ -93,4 +112,4 @@ if __name__ == "__main__":
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     print(promote_release(steps.Candidate(collection=args.collection, checkpoint=args.checkpoint),
-                          steps.GateConfig(questions=args.questions), args.force))
+                          steps.GateConfig(questions=args.questions), args.force).model_dump(mode="json"))

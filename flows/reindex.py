@@ -19,19 +19,18 @@ Run it locally with ``python -m flows.reindex URI [URI ...]``.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from prefect import flow, get_run_logger
 
 from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import open_source
 from tasks.ingest.plan import collection_lock, delete_removed, finish, open_run, plan_documents, source_for
-from tasks.ingest.report import publish_report
+from tasks.ingest.report import IngestReport, publish_report
 from tasks.runtime.process import process_settings
 
 
 @flow(name="reindex-document")
-def reindex_document(uris: list[str], source: str = "", collection: str = "") -> dict[str, Any]:
+def reindex_document(uris: list[str], source: str = "", collection: str = "") -> IngestReport:
     """Index the named documents that changed and delete the ones that are gone; nothing else.
 
     Args:

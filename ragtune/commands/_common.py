@@ -9,8 +9,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R", bound=BaseModel | dict[str, Any])
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 
@@ -19,13 +21,17 @@ class UserError(Exception):
     """An error the user can fix; shown as a one-line message, never a traceback."""
 
 
-def emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str] | None = None) -> None:
-    """Print a command's result: a human summary, or one JSON object as the last stdout line."""
+def emit(result: R, as_json: bool, human: Callable[[R], str] | None = None) -> None:
+    """Print a command's result: a human summary, or one JSON object as the last stdout line.
+
+    A typed result (a flow's) prints as ``model_dump(mode="json")``: its keys are the --json contract.
+    """
+    data = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
     if as_json:
         sys.stdout.flush()
-        print(json.dumps(result, default=str, sort_keys=True), flush=True)
+        print(json.dumps(data, default=str, sort_keys=True), flush=True)
     else:
-        typer.echo(human(result) if human else json.dumps(result, default=str, indent=2))
+        typer.echo(human(result) if human else json.dumps(data, default=str, indent=2))
 
 
 def clear_errors(func: F) -> F:

@@ -63,14 +63,14 @@ def serve(
     import uvicorn
 
     from ragtune.api import create_app
-    from tasks.answer.generation import load_generator
+    from tasks.answer.answering import serving_generator
     from tasks.answer.retrieval import query_embedder
     from tasks.answer.serving import resolve_serving
     from tasks.settings import get_settings
 
     settings = get_settings()
     serving = resolve_serving(settings)
-    load_generator(str(serving.model_path), serving.model_name)  # load before the first request, not during it
+    serving_generator(serving, settings.answer)  # load before the first request, not during it
     query_embedder(settings, frozen=True)  # traced once: 5-7 ms a question instead of 11-15
     token = settings.answer.api_token.get_secret_value()
     auth = "bearer token required" if token else "no auth (set RAGTUNE_ANSWER__API_TOKEN)"

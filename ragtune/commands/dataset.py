@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
+
+if TYPE_CHECKING:
+    from flows.dataset import DatasetSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -53,16 +56,16 @@ def show(version: str = typer.Argument(..., help="Version id (64 hex) or dataset
     emit({**manifest, "passed": found.passed, "path": str(found.path)}, as_json, _human_show)
 
 
-def _human_build(r: dict[str, Any]) -> str:
-    c, t = r["counts"], r["tokens"]
-    lines = [f"dataset {r['name']}: {r['version']}{' (unchanged)' if r['reused'] else ''}",
+def _human_build(r: DatasetSummary) -> str:
+    c, t = r.counts, r.tokens
+    lines = [f"dataset {r.name}: {r.version}{' (unchanged)' if r.reused else ''}",
              f"  rows: train {c['train']}, eval {c['eval']} (groups {c['groups']['train']}/{c['groups']['eval']}); "
              f"by kind {c['by_kind_total']}; removed duplicates {c['removed']}",
              f"  tokens: train mean {t['train'].get('mean')} max {t['train'].get('max')}; "
              f"eval mean {t['eval'].get('mean')} max {t['eval'].get('max')}",
-             f"  cached at {r['path']}"]
-    if r["warnings"]:
-        lines.append(f"  warnings: {', '.join(r['warnings'])}")
+             f"  cached at {r.path}"]
+    if r.warnings:
+        lines.append(f"  warnings: {', '.join(r.warnings)}")
     return "\n".join(lines)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
+
+if TYPE_CHECKING:
+    from flows.evaluate_retrieval import BeirEvaluation, PageEvaluation
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -50,12 +53,12 @@ def pages(
     emit(evaluate_pages(questions, docs, k, _mode(mode)), as_json, _human_pages)
 
 
-def _human_beir(r: dict[str, Any]) -> str:
-    return (f"{r['dataset']} ({r['queries']} queries, {r['mode']}, collection {r['collection']}): "
-            f"nDCG@10 {r['ndcg@10']:.4f} · Recall@10 {r['recall@10']:.4f} · Recall@100 {r['recall@100']:.4f} · "
-            f"MRR@10 {r['mrr@10']:.4f}")
+def _human_beir(r: BeirEvaluation) -> str:
+    return (f"{r.dataset} ({r.queries} queries, {r.mode}, collection {r.collection}): "
+            f"nDCG@10 {r.ndcg_at_10:.4f} · Recall@10 {r.recall_at_10:.4f} · Recall@100 {r.recall_at_100:.4f} · "
+            f"MRR@10 {r.mrr_at_10:.4f}")
 
 
-def _human_pages(r: dict[str, Any]) -> str:
-    hits = " · ".join(f"{key} {value:.3f}" for key, value in r.items() if key.startswith("hit@") and key != "hit@k")
-    return f"{r['questions']} questions, {r['mode']}, collection {r['collection']}: {hits}"
+def _human_pages(r: PageEvaluation) -> str:
+    hits = " · ".join(f"{key} {value:.3f}" for key, value in r.hits.items())
+    return f"{r.questions} questions, {r.mode}, collection {r.collection}: {hits}"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ragtune.commands._common import JsonOption, clear_errors, emit, subgroup
+
+if TYPE_CHECKING:
+    from flows.finetune import FinetuneSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -61,12 +64,12 @@ def eval_model(
     emit({**result, "dataset": version.version, "report": str(path)}, as_json, _human_eval)
 
 
-def _human_finetune(r: dict[str, Any]) -> str:
-    lines = [f"run {r['run_dir']} ({r.get('world_size')} process(es)): step {r.get('step')}, "
-             f"best eval loss {r.get('best_eval_loss')} at step {r.get('best_step')}",
-             f"  model: {r.get('model_dir')}"]
-    if "eval" in r:
-        b, c = r["eval"]["base"], r["eval"]["candidate"]
+def _human_finetune(r: FinetuneSummary) -> str:
+    lines = [f"run {r.run_dir} ({r.world_size} process(es)): step {r.step}, "
+             f"best eval loss {r.best_eval_loss} at step {r.best_step}",
+             f"  model: {r.model_dir}"]
+    if r.eval is not None:
+        b, c = r.eval.base, r.eval.candidate
         lines.append("  " + ", ".join(f"{k} {_num(b.get(k))} -> {_num(c.get(k))}" for k in c if k in b))
     return "\n".join(lines)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
+
+if TYPE_CHECKING:
+    from tasks.ingest.report import IngestReport
 
 CollectionOption = typer.Option("", "--collection", help="Serving alias; empty = settings.milvus.collection.")
 
@@ -90,9 +93,9 @@ def watch(
     emit({"source": src.uri, "events": emitted}, as_json, lambda r: f"{len(r['events'])} events emitted")
 
 
-def _summary(r: dict[str, Any]) -> str:
-    lines = [f"{r['collection']}: +{r['added']} added, ~{r['updated']} updated, -{r['deleted']} deleted, "
-             f"{r['unchanged']} unchanged, {r['quarantined']} quarantined, {r['chunks_written']} chunks "
-             f"({r['chunks_per_s']} chunks/s)"]
-    lines += [f"  quarantined {q['uri']}: {q['reason']}" for q in r["quarantine"]]
+def _summary(r: IngestReport) -> str:
+    lines = [f"{r.collection}: +{r.added} added, ~{r.updated} updated, -{r.deleted} deleted, "
+             f"{r.unchanged} unchanged, {r.quarantined} quarantined, {r.chunks_written} chunks "
+             f"({r.chunks_per_s} chunks/s)"]
+    lines += [f"  quarantined {q.uri}: {q.reason}" for q in r.quarantine]
     return "\n".join(lines)

@@ -39,7 +39,7 @@ def _check_embedder(settings: Any) -> dict[str, Any]:
     from tasks.runtime.sources import embedding_source
 
     source = embedding_source(settings.models.embedding)
-    model, load_s = _timed(lambda: Embedder(settings, bf16=False))  # as ingestion and queries load it
+    model, load_s = _timed(lambda: Embedder(settings.models, bf16=False))  # as ingestion and queries load it
     vector, embed_s = _timed(lambda: model.encode(["ragtune keeps an index current."]))
     return {"name": source.name, "origin": source.origin, "path": str(source.path), "load_s": load_s,
             "embed_s": embed_s, "dim": int(vector.shape[1])}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
+
+if TYPE_CHECKING:
+    from flows.promote import PromotionResult
 
 REFUSED_EXIT = 3  # the gate refused the candidate: not an error, but scripts must be able to tell
 
@@ -46,17 +49,16 @@ def promote(
                              GateConfig(questions=questions, docs_root=docs_root, k=k, mode=mode,
                                         model_dataset=model_dataset), force, get_settings())
     emit(result, as_json, _promoted)
-    if not result["promoted"] and not result.get("unchanged"):
+    if not result.promoted and not result.unchanged:
         raise typer.Exit(REFUSED_EXIT)
 
 
-def _promoted(result: dict[str, Any]) -> str:
-    decision = result["decision"]
-    head = (f"promoted release {result['release_id']}" + (" (FORCED)" if result.get("forced") else "")
-            if result["promoted"] else
-            f"release {result['release_id']} is already production (alias checked)" if result.get("unchanged") else
+def _promoted(result: PromotionResult) -> str:
+    head = (f"promoted release {result.release_id}" + (" (FORCED)" if result.forced else "")
+            if result.promoted else
+            f"release {result.release_id} is already production (alias checked)" if result.unchanged else
             "REFUSED: production unchanged")
-    return "\n".join([head, *(f"  {r}" for r in decision["reasons"])])
+    return "\n".join([head, *(f"  {r}" for r in result.decision.reasons)])
 
 
 @clear_errors

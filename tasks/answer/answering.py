@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tasks.answer.generation import Citation, Decoding, GenerationStats, Generator, cite, load_generator, stream_answer
+from tasks.answer.citations import Citation, cite
+from tasks.answer.decoding import Decoding
+from tasks.answer.generation import GenerationStats, Generator, load_generator, stream_answer
 from tasks.answer.prompting import Prompt, build_prompt
 from tasks.answer.retrieval import Retrieval, retrieve
 from tasks.answer.serving import Serving, resolve_serving
-from tasks.settings import Settings
+from tasks.settings import AnswerSettings, Settings
 
 
 class QuestionError(ValueError):
@@ -87,6 +89,11 @@ class AnswerStream:
                       self.prompt.truncated, self.found.note)
 
 
+def serving_generator(serving: Serving, answer: AnswerSettings) -> Generator:
+    """The generator ``serving`` names, loaded once per process; ragtune's prompt pass per ``answer.fast_prefill``."""
+    return load_generator(str(serving.model_path), serving.model_name, answer.fast_prefill)
+
+
 def ask(settings: Settings, question: str, k: int | None = None, mode: str | None = None,
         max_new_tokens: int | None = None, index: Any = None) -> AnswerStream:
     """Retrieve and build the prompt now (errors surface here); generation happens while iterating."""
@@ -98,7 +105,7 @@ def ask(settings: Settings, question: str, k: int | None = None, mode: str | Non
                      index)
     configure_torch(settings.models.torch_threads)
     t0 = time.perf_counter()
-    gen = load_generator(str(serving.model_path), serving.model_name)
+    gen = serving_generator(serving, settings.answer)
     found.timings["load_s"] = time.perf_counter() - t0
     new_tokens = max_new_tokens or settings.answer.max_new_tokens
     budget = min(settings.answer.prompt_tokens, gen.context_tokens - new_tokens)

@@ -1,23 +1,23 @@
-"""The generator: loaded once per process, greedy decoding, streamed token by token, citations mapped back.
+"""The generator: loaded once per process, greedy decoding, streamed token by token.
 
-Serving guards greedy decoding against loops (a 135M model repeats itself): a repetition penalty and a
-no-repeat n-gram rule, both counted over the answer only, so quoting the prompt's documents stays
-possible. Model evaluation decodes plainly (tasks/model_eval), so its metrics measure the model itself.
+Serving guards greedy decoding against loops (``tasks.answer.decoding``); citations are mapped back
+by ``tasks.answer.citations``.
 
 Generation (the prompt pass, then decoding) runs on the process's answering thread
 (``tasks.runtime.torch_thread.on_torch_thread``, which also encodes questions and loads models) feeding a
 ``TextIteratorStreamer``, so the CLI and the API can show tokens as they come; a failure there is
 re-raised in the caller, never a hung stream, and a caller that stops reading stops the decoding.
 
-The prompt's forward pass (time to first token) goes through tasks/prefill when the model is one it
-reproduces (SmolLM2 and other plain Llama models on a CPU): the first token comes from its logits and
-``generate()`` continues from its cache. ``fast_prefill=False`` keeps transformers' own prefill.
+The prompt's forward pass (time to first token) goes through tasks/answer/prefill.py when the model is
+one it reproduces (SmolLM2 and other plain Llama models on a CPU, a tested transformers release): the
+first token comes from its logits and ``generate()`` continues from its cache. ``fast_prefill=False``
+keeps transformers' own prefill: at load (``load_generator``: the pass is not built, the model's weights
+stay as loaded) or per answer (``stream_answer``).
 """
 
 from __future__ import annotations
 
 import re
-import string
 import threading
 import time
 from collections.abc import Iterator
@@ -27,16 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tasks.runtime  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
+from tasks.answer.decoding import Decoding, answer_processors
 from tasks.answer.prompting import Prompt, shared_prefix_ids
 from tasks.runtime.torch_thread import in_torch_thread, on_torch_thread, torch_pool
-from tasks.types import Hit
 
 if TYPE_CHECKING:
     from tasks.answer.prefill import FastPrefill
-
-_CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-_STOP = frozenset({"the", "and", "for", "are", "was", "were", "with", "that", "this", "from", "you", "your",
-                   "can", "has", "have", "not", "but", "all", "any", "its"})
 
 
 @dataclass
@@ -61,35 +57,21 @@ class GenerationStats:
     total_s: float = 0.0
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """Loop guards for greedy decoding; the defaults (1.0, 0) are plain greedy decoding."""
+def load_generator(path: str, name: str, fast_prefill: bool = True) -> Generator:
+    """Load a causal LM directory once per process (a second call with the same arguments is free).
 
-    repetition_penalty: float = 1.0  # > 1 lowers the score of tokens the answer already used
-    no_repeat_ngram: int = 0  # an n-gram of this many tokens may occur once in the answer; 0 = off
-
-
-@dataclass(frozen=True)
-class Citation:
-    n: int
-    uri: str
-    section: str
-    page: int
-    score: float
-    chunk_id: str
-    how: str  # "model": the answer wrote [n]; "overlap": an answer sentence is mostly words of chunk n
+    Loaded on the answering thread (``tasks.runtime.torch_thread``): the load runs the shared prefix's pass.
+    ``fast_prefill=False`` (``answer.fast_prefill``) loads it without ragtune's prompt pass.
+    """
+    return _cached_generator(path, name, fast_prefill)
 
 
 @lru_cache(maxsize=2)
-def load_generator(path: str, name: str) -> Generator:
-    """Load a causal LM directory once per process (a second call with the same path is free).
-
-    Loaded on the answering thread (``tasks.runtime.torch_thread``): the load runs the shared prefix's pass.
-    """
-    return on_torch_thread(_load_generator, path, name)
+def _cached_generator(path: str, name: str, fast_prefill: bool) -> Generator:
+    return on_torch_thread(_load_generator, path, name, fast_prefill)
 
 
-def _load_generator(path: str, name: str) -> Generator:
+def _load_generator(path: str, name: str, fast_prefill: bool = True) -> Generator:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.answer.prefill import FastPrefill
@@ -97,7 +79,7 @@ def _load_generator(path: str, name: str) -> Generator:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()
-    prefill = FastPrefill.for_model(model)
+    prefill = FastPrefill.for_model(model) if fast_prefill else None
     if prefill is not None:
         prefill.remember(shared_prefix_ids(tokenizer))
     return Generator(model, tokenizer, name, Path(path), prefill)
@@ -107,7 +89,10 @@ def stream_answer(
     gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,
     decoding: Decoding | None = None, fast_prefill: bool = True,
 ) -> Iterator[str]:
-    """Yield the answer's text pieces as they are generated (greedy decoding, loop guards per ``decoding``)."""
+    """Yield the answer's text pieces as they are generated (greedy decoding, loop guards per ``decoding``).
+
+    ``fast_prefill=False`` runs transformers' prompt pass even where ``gen`` has ragtune's.
+    """
     import torch
 
     stats = stats if stats is not None else GenerationStats()
@@ -174,108 +159,6 @@ def until_prompt_markup(pieces: Iterator[str]) -> Iterator[str]:
 def generate_answer(gen: Generator, prompt: Prompt, max_new_tokens: int, stats: GenerationStats | None = None,
                     decoding: Decoding | None = None, fast_prefill: bool = True) -> str:
     return "".join(stream_answer(gen, prompt, max_new_tokens, stats, decoding, fast_prefill))
-
-
-def answer_processors(decoding: Decoding, prompt_tokens: int, tokenizer: Any) -> Any:
-    """The loop guard for ``decoding`` as a logits-processor list (empty for plain greedy decoding).
-
-    transformers' own ``repetition_penalty``/``no_repeat_ngram_size`` count the prompt too, so they
-    would forbid copying a phrase from a retrieved document, which is what a grounded answer does.
-    """
-    from transformers import LogitsProcessorList
-
-    if decoding.repetition_penalty == 1.0 and decoding.no_repeat_ngram <= 0:
-        return LogitsProcessorList()
-    return LogitsProcessorList([AnswerLoopGuard(decoding, prompt_tokens, exempt_tokens(tokenizer))])
-
-
-class AnswerLoopGuard:
-    """Repetition penalty and no-repeat n-grams over the answer's tokens only (those after the prompt).
-
-    Digit and punctuation tokens are exempt: SmolLM2 spells numbers digit by digit, so penalising a
-    used "0" turns "90 minutes" into "9 minutes" once "3000" was written; citations repeat "[" and "]".
-    """
-
-    def __init__(self, decoding: Decoding, prompt_tokens: int, exempt: frozenset[int]):
-        self.penalty, self.n = decoding.repetition_penalty, decoding.no_repeat_ngram
-        self.prompt_tokens, self.exempt = prompt_tokens, exempt
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        for row, ids in enumerate(input_ids[:, self.prompt_tokens :].tolist()):
-            used = sorted(set(ids) - self.exempt)
-            if used and self.penalty != 1.0:  # as transformers does: a lower logit either way
-                picked = scores[row, used]
-                scores[row, used] = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
-            banned = self.repeats(ids)
-            if banned:
-                scores[row, sorted(banned)] = -float("inf")
-        return scores
-
-    def repeats(self, ids: list[int]) -> set[int]:
-        """Tokens that would complete an n-gram the answer already holds (all-exempt n-grams may repeat)."""
-        n = self.n
-        if n <= 0 or len(ids) < n:
-            return set()
-        prefix = ids[len(ids) - n + 1 :]
-        found = {ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix}
-        if all(t in self.exempt for t in prefix):
-            found -= self.exempt
-        return found
-
-
-@lru_cache(maxsize=4)
-def exempt_tokens(tokenizer: Any) -> frozenset[int]:
-    """Token ids spelling only digits, punctuation and spaces (SmolLM2's byte-level BPE marks a space Ġ)."""
-    allowed = set(string.digits + string.punctuation + " ")
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return frozenset(i for i, p in enumerate(pieces)
-                     if p and set(p.replace("Ġ", " ").replace("Ċ", " ")) <= allowed)
-
-
-def parse_citations(text: str, sources: list[Hit]) -> list[Citation]:
-    """Citations ``[n]`` / ``[n, m]`` in the answer, mapped to the prompt's chunks; out-of-range numbers dropped."""
-    seen: dict[int, Citation] = {}
-    for match in _CITATION.finditer(text):
-        for part in match.group(1).split(","):
-            n = int(part)
-            if 1 <= n <= len(sources) and n not in seen:
-                seen[n] = _citation(n, sources[n - 1], "model")
-    return list(seen.values())
-
-
-def attribute_by_overlap(text: str, sources: list[Hit], min_share: float = 0.6) -> list[Citation]:
-    """Chunks that answer sentences were drawn from: most of a sentence's words occur in the chunk.
-
-    The base 135M model rarely writes ``[n]`` itself; this keeps its answers traceable to sources.
-    """
-    found: dict[int, Citation] = {}
-    chunk_words = [_words(h.text) for h in sources]
-    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
-        words = _words(sentence)
-        if len(words) < 2:
-            continue
-        shares = [len(words & cw) / len(words) for cw in chunk_words]
-        best = max(range(len(shares)), key=shares.__getitem__, default=None)
-        if best is not None and shares[best] >= min_share and best + 1 not in found:
-            found[best + 1] = _citation(best + 1, sources[best], "overlap")
-    return sorted(found.values(), key=lambda c: c.n)
-
-
-def cite(text: str, sources: list[Hit]) -> list[Citation]:
-    """The model's own citations when it wrote any, else attribution by word overlap."""
-    return parse_citations(text, sources) or attribute_by_overlap(text, sources)
-
-
-def _citation(n: int, hit: Hit, how: str) -> Citation:
-    meta = hit.metadata
-    return Citation(n, hit.uri, str(meta.get("section") or ""), int(meta.get("page") or 0), hit.score, hit.id, how)
-
-
-def _words(text: str) -> set[str]:
-    words = re.findall(r"[a-z0-9][a-z0-9_\-]*", text.lower())
-    return {w for w in words if (len(w) > 2 or w.isdigit()) and w not in _STOP}
 
 
 def _answer(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: Any, errors: list[BaseException],

@@ -1,9 +1,9 @@
 """The prompt's forward pass (time to first token) for Llama-family generators, leaner than transformers'.
 
-Time to first token is one forward pass over the whole prompt. On this CPU transformers' forward of
-SmolLM2-135M over a 1,000-token prompt spends about a sixth of its time outside the matrix products:
-rotary embedding through ``cat``/``neg``, RMSNorm as five small ops, residual adds, and q/k/v and
-gate/up as five separate GEMMs. This path computes the same function with fewer passes over memory:
+Time to first token is one forward pass over the whole prompt. transformers' forward of a small Llama
+on a CPU spends a sizeable share of its time outside the matrix products (docs/retrieval.md, "Time to
+first token"): rotary embedding through ``cat``/``neg``, RMSNorm as five small ops, residual adds, and
+q/k/v and gate/up as five separate GEMMs. This path computes the same function with fewer passes over memory:
 
 - one GEMM for q, k and v, one for gate and up; the residual stream is updated in place inside the
   output projections' GEMMs (``addmm_``); RMSNorm is three passes (``F.rms_norm`` composes seven ops);
@@ -18,16 +18,25 @@ gate/up as five separate GEMMs. This path computes the same function with fewer 
 Results agree with transformers' forward up to float rounding (tests/answer/test_prefill.py compares logits,
 caches and greedy answers). It returns the next-token logits and a ``DynamicCache`` holding the whole
 prompt, from which ``generate()`` continues decoding. ``FastPrefill.for_model`` returns None for any
-model it does not reproduce exactly (another architecture, biases, a GPU); those keep transformers' path.
+model it does not reproduce exactly (another architecture, biases, a GPU) and on any transformers release
+outside ``TESTED_TRANSFORMERS`` (logged once): those keep transformers' path. ``answer.fast_prefill=false``
+(``RAGTUNE_ANSWER__FAST_PREFILL``) keeps it for every model.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+# transformers releases (major.minor) this pass was written against and tests/answer/test_prefill.py passed
+# on: it mirrors their LlamaForCausalLM (weights, rotary embedding, RMSNorm) and generate(cache=...)
+TESTED_TRANSFORMERS = ("5.24", "5.25")
+_refused: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,10 @@ class FastPrefill:
 
     @classmethod
     def for_model(cls, model: Any) -> FastPrefill | None:
-        """A prefill for ``model`` when it is a plain Llama causal LM on the CPU, else None."""
+        """A prefill for ``model`` when it is a plain Llama causal LM on the CPU and transformers a tested
+        release, else None (transformers' own pass)."""
+        if not transformers_tested():
+            return None
         cfg = model.config
         plain_llama = (type(model).__name__ == "LlamaForCausalLM" and cfg.hidden_act == "silu"
                        and not cfg.attention_bias and not cfg.mlp_bias and getattr(cfg, "pretraining_tp", 1) == 1)
@@ -160,6 +172,25 @@ class FastPrefill:
         half = gate_up.shape[1] // 2
         act = F.silu(gate_up[:, :half], inplace=True).mul_(gate_up[:, half:])
         x.addmm_(act, layer.down_t)
+
+
+def transformers_tested(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the installed transformers) is a release in ``TESTED_TRANSFORMERS``.
+
+    Any other release keeps transformers' own prompt pass: this one restates its Llama forward, which a
+    release may change. Logged once per version.
+    """
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    if ".".join(version.split(".")[:2]) in TESTED_TRANSFORMERS:
+        return True
+    if version not in _refused:
+        _refused.append(version)
+        log.warning("transformers %s: ragtune's prompt pass is off (tested on %s); transformers' own runs",
+                    version, ", ".join(TESTED_TRANSFORMERS))
+    return False
 
 
 class _Workspace:

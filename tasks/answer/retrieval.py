@@ -44,11 +44,12 @@ class Retrieval:
 def query_embedder(settings: Settings, frozen: bool = False) -> Any:
     """The ingestion path's Embedder (same model, pooling, normalisation), loaded once per process and model.
 
-    fp32: bf16 autocast pays off on batches, but measured slower for one short query on this CPU.
-    ``frozen``: also trace and freeze it for single questions (``Embedder.freeze_for_queries``: 0.6-0.8 s
-    once, then 5-7 ms a question instead of 11-15): for processes that answer many questions (`ragtune
-    serve`); a one-question process (`ragtune ask`) gains nothing from it. Loaded and frozen on the
-    answering thread (``tasks.runtime.torch_thread.on_torch_thread``), where ``encode_queries`` runs it.
+    fp32: bf16 autocast can pay off on batches, but not for one short query.
+    ``frozen``: also trace and freeze it for single questions (``Embedder.freeze_for_queries``: under a
+    second once, then about half the eager time a question; docs/retrieval.md): for processes that
+    answer many questions (`ragtune serve`); a one-question process (`ragtune ask`) gains nothing from
+    it. Loaded and frozen on the answering thread (``tasks.runtime.torch_thread.on_torch_thread``), where
+    ``encode_queries`` runs it.
     """
     from tasks.ingest.embedding import Embedder
     from tasks.runtime.torch_thread import on_torch_thread
@@ -56,7 +57,7 @@ def query_embedder(settings: Settings, frozen: bool = False) -> Any:
     key = settings.models.embedding
     with _LOCK:
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = on_torch_thread(Embedder, settings, bf16=False)
+            _EMBEDDERS[key] = on_torch_thread(Embedder, settings.models, bf16=False)
         if frozen:
             on_torch_thread(_EMBEDDERS[key].freeze_for_queries)
         return _EMBEDDERS[key]

@@ -1,6 +1,7 @@
 """The steps of ``build_dataset``, each a batch-level function: prepare, validate, quarantine, publish.
 
-The flow wraps them as Prefect tasks; tests call them directly.
+Each is a Prefect task, uncached (NO_CACHE: the inputs are whole datasets; hashing them for a cache
+key would cost more than the step); logic tests call them through ``.fn``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from tasks.dataset import rows as ds
 from tasks.dataset import versions as store
 from tasks.dataset.examples import ColumnMapping, load_examples
-from tasks.dataset.gx import GateConfig, GateReport
+from tasks.dataset.gx import DatasetGateConfig, GateReport
 from tasks.settings import Settings
 
 
 @dataclass
-class Prepared:
+class PreparedExamples:
+    """Rows ready for the gate, with what the manifest records of how they were made."""
+
     rows: list[ds.DatasetRow]
     sources: list[dict[str, Any]]
     mapping: dict[str, Any]
@@ -32,11 +38,12 @@ class Prepared:
 def tokenizer_for(settings_cache: str, override: str) -> Any:
     from pathlib import Path
 
-    return ds.load_tokenizer(Path(settings_cache), override)
+    return ds.load_generator_tokenizer(Path(settings_cache), override)
 
 
+@task(name="prepare-examples", cache_policy=NO_CACHE)
 def prepare_examples(settings: Settings, examples: str, mapping: str, seed: int,
-                     grounded_from: str | None = None) -> Prepared:
+                     grounded_from: str | None = None) -> PreparedExamples:
     """Load, de-duplicate, split by group, add grounded and abstention rows, count tokens."""
     cfg = settings.dataset
     column_mapping = ColumnMapping.parse(mapping)
@@ -46,10 +53,10 @@ def prepare_examples(settings: Settings, examples: str, mapping: str, seed: int,
     tokenizer = tokenizer_for(str(settings.cache_dir), settings.models.generator)
     rows = ds.curated_rows(dedup.kept, splits, _context_renderer(tokenizer))
     grounded = _add_grounded(settings, tokenizer, rows, grounded_from, seed) if grounded_from else None
-    ds.count_tokens(tokenizer, rows)
+    ds.set_token_counts(tokenizer, rows)
     removed = {"exact_duplicates": len(dedup.exact), "near_duplicates": len(dedup.near),
                "samples": [{"removed": a, "kept": b} for a, b in (dedup.exact + dedup.near)[:10]]}
-    return Prepared(rows, [asdict(source)], column_mapping.as_dict(), seed, removed, grounded)
+    return PreparedExamples(rows, [asdict(source)], column_mapping.as_dict(), seed, removed, grounded)
 
 
 def _context_renderer(tokenizer: Any) -> Any:
@@ -57,7 +64,7 @@ def _context_renderer(tokenizer: Any) -> Any:
     specials = list(tokenizer.all_special_tokens)
 
     def render(question: str, passages: list[str], answer: str) -> list[dict[str, str]]:
-        return grounding.context_messages(question, passages, answer, specials)
+        return grounding.training_messages(question, passages, answer, specials)
 
     return render
 
@@ -68,26 +75,29 @@ def _add_grounded(settings: Settings, tokenizer: Any, rows: list[ds.DatasetRow],
     cfg = settings.dataset
     curated = [r for r in rows if r.question and r.response and r.group]
     retrieved, served_by = grounding.retrieve_passages(settings, collection, curated, cfg.grounded_k)
-    grounded = grounding.grounded_rows(tokenizer, curated, retrieved, settings)
+    grounded = grounding.grounded_rows(tokenizer, curated, retrieved, cfg)
     counts = grounding.abstain_counts(grounded, cfg.abstain_share)
-    abstain = grounding.abstain_rows(tokenizer, curated, retrieved, counts, settings, seed)
+    abstain = grounding.abstain_rows(tokenizer, curated, retrieved, counts, cfg, seed)
     rows.extend(grounded + abstain)
     return {"collection": collection, "served_by": served_by, "k": cfg.grounded_k, "mode": settings.answer.mode,
             "chunks_per_page": settings.answer.chunks_per_page, "questions": len(curated), "grounded": len(grounded),
             "abstain": len(abstain), "support_threshold": cfg.support_threshold}
 
 
-def validate_examples(settings: Settings, prepared: Prepared, name: str) -> GateReport:
+@task(name="validate-examples", cache_policy=NO_CACHE)
+def validate_examples(settings: Settings, prepared: PreparedExamples, name: str) -> GateReport:
     """The gate, against the last accepted version of ``name`` when there is one (label drift)."""
     from tasks.dataset import gx
     previous, labels = store.accepted_version(settings, name), None
     if previous is not None:
         labels = store.load_dataset_version(settings, previous).manifest.get("label_distribution")
-    cfg = GateConfig.from_settings(settings.dataset, labels, previous)
+    cfg = DatasetGateConfig.from_settings(settings.dataset, labels, previous)
     return gx.validate(ds.gate_frame(prepared.rows), cfg)
 
 
-def quarantine_examples(settings: Settings, prepared: Prepared, report: GateReport, run_id: str) -> dict[str, str]:
+@task(name="quarantine-examples", cache_policy=NO_CACHE)
+def quarantine_examples(settings: Settings, prepared: PreparedExamples, report: GateReport,
+                        run_id: str) -> dict[str, str]:
     """Rows a failed expectation flagged (with the names of those expectations), the GX result, the report."""
     reasons = report.reasons_by_id()
     flagged = [{"id": r.id, "reasons": reasons[r.id], "split": r.split, "label": r.label, "question": r.question,
@@ -102,7 +112,8 @@ def refuse(report: GateReport, where: dict[str, str]) -> store.GateFailedError:
                                  [o.name for o in report.failed], where)
 
 
-def publish_dataset(settings: Settings, prepared: Prepared, report: GateReport, name: str,
+@task(name="publish-dataset", cache_policy=NO_CACHE)
+def publish_dataset(settings: Settings, prepared: PreparedExamples, report: GateReport, name: str,
                     run_id: str = "") -> tuple[store.DatasetVersion, bool]:
     """Write the passed dataset as a content-addressed version (S3 and local cache); point ``name`` at it."""
     if not report.success:
@@ -111,13 +122,14 @@ def publish_dataset(settings: Settings, prepared: Prepared, report: GateReport, 
     files = {f"{s}.jsonl": store.encode_jsonl(r.record() for r in rows) for s, rows in splits.items()}
     version = store.version_id(files)
     files["validation.json"] = _json(report.gx_result)
-    manifest = build_manifest(settings, prepared, report, name, version, run_id)
+    manifest = dataset_manifest(settings, prepared, report, name, version, run_id)
     manifest["files"] = store.file_entries(files)
     return store.publish_version(settings, name, files, manifest)
 
 
-def build_manifest(settings: Settings, prepared: Prepared, report: GateReport, name: str, version: str,
-                   run_id: str) -> dict[str, Any]:
+def dataset_manifest(settings: Settings, prepared: PreparedExamples, report: GateReport, name: str, version: str,
+                     run_id: str) -> dict[str, Any]:
+    """The dataset version's manifest.json: provenance, counts, token statistics, the gate's result."""
     rows = prepared.rows
     counts = ds.counts(rows)
     counts["by_kind_total"] = {k: sum(1 for r in rows if r.kind == k) for k in ds.KINDS}

@@ -18,7 +18,7 @@ from typing import Any
 
 from tasks.answer import prompting
 from tasks.dataset.rows import ABSTAIN_ANSWER, DatasetRow
-from tasks.settings import Settings
+from tasks.settings import DatasetSettings, Settings
 from tasks.types import Hit
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -37,14 +37,15 @@ def support(answer: str, passage: str) -> float:
     return len(words & content_words(passage)) / len(words) if words else 0.0
 
 
-def context_messages(question: str, passages: Sequence[Hit | str], answer: str,
-                     specials: Sequence[str] = prompting.CHAT_SPECIALS) -> list[dict[str, str]]:
-    """system + user (numbered documents, question) exactly as serving renders them, then the answer."""
+def training_messages(question: str, passages: Sequence[Hit | str], answer: str,
+                      specials: Sequence[str] = prompting.CHAT_SPECIALS) -> list[dict[str, str]]:
+    """One training conversation: system + user (numbered documents, question) exactly as serving renders
+    them (``prompting.context_messages``), then the answer."""
     return [*prompting.context_messages(question, list(passages), list(specials)),
             {"role": "assistant", "content": answer}]
 
 
-def cite(answer: str, n: int) -> str:
+def lead_with_citation(answer: str, n: int) -> str:
     """The answer led by its source: ``According to [n]: answer``.
 
     Leading, not trailing: every grounded target then starts the same way, and the first answer token is
@@ -59,7 +60,7 @@ def fit_passages(tokenizer: Any, question: str, passages: list[Hit], answer: str
     """Drop the lowest-ranked passages until the whole conversation fits ``max_tokens``."""
     specials = list(tokenizer.all_special_tokens)
     while passages:
-        text = tokenizer.apply_chat_template(context_messages(question, passages, answer, specials), tokenize=False)
+        text = tokenizer.apply_chat_template(training_messages(question, passages, answer, specials), tokenize=False)
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
             break
         passages = passages[:-1]
@@ -67,30 +68,30 @@ def fit_passages(tokenizer: Any, question: str, passages: list[Hit], answer: str
 
 
 def grounded_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict[str, list[Hit]],
-                  settings: Settings) -> list[DatasetRow]:
+                  cfg: DatasetSettings) -> list[DatasetRow]:
     """One grounded row per curated question whose retrieved context supports its answer."""
-    cfg, rows = settings.dataset, []
+    rows: list[DatasetRow] = []
     specials = list(tokenizer.all_special_tokens)
     for row in curated:
         answer = row.response or ""
         # leave room for the citation lead the answer gains
-        passages = fit_passages(tokenizer, row.question or "", retrieved.get(row.id, []), cite(answer, 0),
+        passages = fit_passages(tokenizer, row.question or "", retrieved.get(row.id, []), lead_with_citation(answer, 0),
                                 cfg.max_seq_len)
         scores = [support(answer, p.text) for p in passages]
         if not scores or max(scores) < cfg.support_threshold:
             continue
         best = scores.index(max(scores)) + 1
-        target = cite(answer, best)
-        messages = context_messages(row.question or "", passages, target, specials)
+        target = lead_with_citation(answer, best)
+        messages = training_messages(row.question or "", passages, target, specials)
         rows.append(DatasetRow(f"{row.id}:grounded", row.question, target, row.group, row.label, "grounded",
                                row.split, messages))
     return rows
 
 
 def abstain_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict[str, list[Hit]],
-                 counts: dict[str, int], settings: Settings, seed: int) -> list[DatasetRow]:
+                 counts: dict[str, int], cfg: DatasetSettings, seed: int) -> list[DatasetRow]:
     """Per split, up to ``counts[split]`` questions paired with another group's context lacking their answer."""
-    cfg, rows = settings.dataset, []
+    rows: list[DatasetRow] = []
     specials = list(tokenizer.all_special_tokens)
     rng = random.Random(seed)
     candidates = sorted((r for r in curated if retrieved.get(r.id)), key=lambda r: _order(seed, r.id))
@@ -103,7 +104,7 @@ def abstain_rows(tokenizer: Any, curated: Sequence[DatasetRow], retrieved: dict[
         if max(support(row.response or "", p.text) for p in passages) >= cfg.support_threshold:
             continue  # the other context happens to answer it: not an abstention example
         passages = fit_passages(tokenizer, row.question or "", passages, ABSTAIN_ANSWER, cfg.max_seq_len)
-        messages = context_messages(row.question or "", passages, ABSTAIN_ANSWER, specials)
+        messages = training_messages(row.question or "", passages, ABSTAIN_ANSWER, specials)
         rows.append(DatasetRow(f"{row.id}:abstain", row.question, ABSTAIN_ANSWER, row.group, row.label, "abstain",
                                row.split, messages))
         made[row.split] += 1

@@ -32,7 +32,7 @@ REQUIRED = ("id", "question", "response", "group", "split")
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class DatasetGateConfig:
     max_seq_len: int
     min_response_chars: int
     eval_share_bounds: tuple[float, float]
@@ -44,7 +44,7 @@ class GateConfig:
 
     @classmethod
     def from_settings(cls, cfg: DatasetSettings, previous_labels: dict[str, float] | None = None,
-                      previous_version: str | None = None) -> GateConfig:
+                      previous_version: str | None = None) -> DatasetGateConfig:
         low, high = cfg.eval_share_bounds
         return cls(cfg.max_seq_len, cfg.min_response_chars, (low, high), cfg.min_train_rows,
                    cfg.min_eval_rows, cfg.max_label_drift, previous_labels, previous_version)
@@ -73,7 +73,7 @@ class GateReport:
     success: bool  # every critical expectation held
     outcomes: list[Outcome]
     gx_result: dict[str, Any]
-    config: GateConfig
+    config: DatasetGateConfig
 
     @property
     def failed(self) -> list[Outcome]:
@@ -132,7 +132,7 @@ def derive_columns(frame: Any, previous_labels: dict[str, float] | None) -> Any:
     return out
 
 
-def expectations(cfg: GateConfig) -> list[Any]:
+def expectations(cfg: DatasetGateConfig) -> list[Any]:
     import great_expectations as gx
 
     E = gx.expectations
@@ -179,7 +179,7 @@ def _batch_definition() -> Any:
     return context, asset.add_batch_definition_whole_dataframe("all rows")
 
 
-def validate(frame: Any, cfg: GateConfig) -> GateReport:
+def validate(frame: Any, cfg: DatasetGateConfig) -> GateReport:
     """Run the suite over ``frame`` (see ``tasks.dataset.rows.gate_frame``); success = no critical failure."""
     import great_expectations as gx
 

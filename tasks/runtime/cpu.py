@@ -10,7 +10,7 @@ from typing import Any
 
 
 def free_cores() -> int:
-    """Cores not busy right now: more torch threads than that is ruinous (70x slower measured).
+    """Cores not busy right now: more torch threads than that is ruinous (docs/ingestion.md).
 
     Sampled for 0.1 s (``CpuGauge``), not read from the 1-minute load average, which still counts a
     process that ended a minute ago: bench/query.py started right after another bench took 1 thread
@@ -25,7 +25,7 @@ class CpuGauge:
 
     The load average lags by a minute and counts this process's own threads: an embedder that sized
     its threads by it when it loaded, while its own parser processes were starting, kept one thread
-    for the whole Ray docs run (282 s of embedding, 2026-12-03), long after parsing had ended. Read
+    for a whole run, long after parsing had ended (docs/ingestion.md). Read
     between forward passes, this follows the parser processes (children, not this process) and any
     other program as they start and stop. ``others`` is None where /proc/stat is missing.
     """

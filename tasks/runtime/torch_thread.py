@@ -20,9 +20,8 @@ def on_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     questions), model loads, the prompt pass, decoding and model evaluation.
     libgomp keeps an idle OpenMP pool for each thread that ever ran a parallel op, and once the pools'
     threads outnumber the cores it throttles every pool's spin-wait: each of decoding's ~200 small
-    parallel ops a token then waits for a futex wake-up. Measured: generate() in a second thread decoded
-    9.5-10.4 tokens/s, in the thread that had run the prompt pass 15-19, and 15.2 again once the first
-    thread's pool was released (``omp_pause_resource_all``).
+    parallel ops a token then waits for a futex wake-up: decoding in a second thread ran at about two
+    thirds of its speed in the thread that had run the prompt pass (docs/retrieval.md, session 7).
     """
     if in_torch_thread():
         return fn(*args, **kwargs)

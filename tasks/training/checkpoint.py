@@ -202,7 +202,7 @@ def _describe(model_dir: Path, cfg: Any, state: TrainState, data_dir: Path, acce
     manifest = data_dir / "manifest.json"
     meta = json.loads(manifest.read_text()) if manifest.is_file() else {}
     training = {
-        "config": asdict(cfg), "base_model": cfg.resolved_base_model(),
+        "config": asdict(cfg), "base_model": cfg.base_model,
         "dataset": {"version": str(meta.get("version") or data_dir.name), "dir": str(data_dir),
                     "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if meta else None},
         "git": git_revision(), "world_size": accelerator.num_processes,

@@ -17,10 +17,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the test suite: a few steps on short sequences, one thread per process
     "test": {"max_seq_len": 64, "batch_rows": 2, "grad_accum": 2, "max_steps": 4, "warmup_steps": 1,
              "eval_every": 2, "save_every": 2, "log_every": 1, "threads": 1, "patience": 0},
-    # a few minutes on this CPU that visibly moves the eval metrics (LoRA: 1.35x faster than full here).
+    # a few minutes of CPU training that visibly moves the eval metrics (LoRA: faster than full on CPU).
     # Rows as long as the dataset gate allows, so grounded and abstention examples train too; one row per
     # step (more updates per token on a small set); two epochs; a 7-minute training budget keeps `make demo`
-    # within 15 minutes on a busy 2-core machine (docs/training.md)
+    # within its 15 minutes on a small shared CPU (docs/training.md)
     "demo": {"method": "lora", "max_seq_len": 1024, "batch_rows": 1, "grad_accum": 1, "epochs": 2.0, "max_steps": 0,
              "warmup_steps": 2, "lr": 1e-3, "eval_every": 20, "save_every": 20, "log_every": 2, "patience": 2,
              "max_eval_examples": 12, "max_minutes": 7.0},
@@ -33,7 +33,7 @@ CHOICES = {"method": ("lora", "full"), "bf16": ("auto", "yes", "no"), "preset": 
 class TrainConfig:
     data_dir: str = ""  # a dataset version dir: train.jsonl, eval.jsonl, manifest.json
     output_dir: str = ""  # the run dir: state/ (checkpoints), best/, model/ (the output)
-    base_model: str = ""  # safetensors model dir; empty = SmolLM2 from tasks.runtime.sources
+    base_model: str = ""  # safetensors model dir, required (the train-model task passes the configured generator)
     preset: str = "default"
     method: str = "lora"  # lora | full
     max_seq_len: int = 1024  # longer examples are dropped (and counted), never cut
@@ -70,20 +70,18 @@ class TrainConfig:
     def resolved_lr(self) -> float:
         return self.lr or (2e-4 if self.method == "lora" else 5e-5)
 
-    def resolved_base_model(self) -> str:
-        if self.base_model:
-            return self.base_model
-        from tasks.runtime.sources import generator_source
-        from tasks.settings import get_settings
-
-        settings = get_settings()
-        return str(generator_source(settings.cache_dir, settings.models.generator).path)
+    def required_base_model(self) -> str:
+        """The model to fine-tune. The launcher resolves it from settings; this process never reads settings."""
+        if not self.base_model:
+            raise SystemExit("--base-model is required: a safetensors model directory (`ragtune finetune` passes "
+                             "the configured generator, by default SmolLM2 converted under DATA_DIR/cache/models/)")
+        return self.base_model
 
     def resolved_attention(self, on_cpu: bool) -> str:
         if self.attention != "auto":
             return self.attention
-        # per-example attention saves the masked-out FLOPs on CPU; on an H100 its small kernels and per-layer
-        # host syncs made training 14.7x slower than masked sdpa (docs/training.md)
+        # per-example attention saves the masked-out FLOPs on CPU; on a GPU its small kernels and per-layer
+        # host syncs make training much slower than masked sdpa (docs/training.md)
         return "packed_sdpa" if on_cpu and self.packing else "sdpa"
 
     def use_bf16(self, on_cpu: bool) -> bool:

@@ -191,7 +191,7 @@ def score_model(path: Path, rows: list[dict[str, Any]], sample: list[dict[str, A
     from tasks.runtime.torch_thread import on_torch_thread
 
     key = _score_key(path, rows, sample, max_new_tokens)
-    if key not in _SCORED:  # on the process's one torch thread: beside another thread's OpenMP pool, 2x slower
+    if key not in _SCORED:  # on the process's one torch thread: beside another thread's OpenMP pool, slower
         _SCORED[key] = on_torch_thread(_score, path, rows, sample, max_new_tokens)
     scores, answers = _SCORED[key]
     return dict(scores), list(answers)

@@ -1,13 +1,14 @@
 """Fine-tune the generator on a dataset version: one script, any topology.
 
     accelerate launch --config_file infra/accelerate/cpu-2proc.yaml -m tasks.training.train \\
-        --data-dir DATASET_DIR --output-dir RUN_DIR [--preset demo] [--method full] [--resume]
+        --data-dir DATASET_DIR --output-dir RUN_DIR --base-model MODEL_DIR [--preset demo] [--method full] [--resume]
 
 Reads top to bottom like accelerate's own examples: config -> Accelerator() -> data -> model,
 optimizer, scheduler -> prepare -> loop with periodic evaluation and checkpoints -> the best model,
 merged, in RUN_DIR/model with its training config, dataset version, metrics and git revision.
-Topology (processes, machines, GPUs) lives in the accelerate YAML, never here. No Prefect import:
-this file must stay launchable on its own.
+Topology (processes, machines, GPUs) lives in the accelerate YAML, never here. No Prefect import and
+no settings (the launcher resolves the base model and passes ``--base-model``): this file must stay
+launchable on its own.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tasks.training.loss import AssistantTokenLoss
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     # -- config --------------------------------------------------------------------------------------
     cfg = parse_config(argv)
+    base = cfg.required_base_model()
     run_dir = Path(cfg.output_dir)
     # CPU processes only join one process group when accelerate is told it runs on CPU
     on_cpu = cfg.cpu or not torch.cuda.is_available()
@@ -56,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress is our JSON lines; bars would interleave across processes
-    base = cfg.resolved_base_model()
     tokenizer = AutoTokenizer.from_pretrained(base)
     data_dir = Path(cfg.data_dir)
     train, dropped = encode_rows(tokenizer, read_jsonl(data_dir / "train.jsonl"), cfg.max_seq_len)

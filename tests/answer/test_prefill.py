@@ -1,4 +1,5 @@
-"""The lean prompt pass (tasks/prefill) computes what transformers computes: logits, cache, greedy answers."""
+"""The lean prompt pass (tasks/answer/prefill.py) computes what transformers computes: logits, cache, greedy
+answers; its off switch and its version check each leave transformers' own pass."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from tasks.answer.generation import Decoding, generate_answer, load_generator
+from tasks.answer import prefill as prefill_module
+from tasks.answer.decoding import Decoding
+from tasks.answer.generation import generate_answer, load_generator
 from tasks.answer.prefill import FastPrefill
 from tasks.answer.prompting import SYSTEM_PROMPT, build_prompt, shared_prefix_ids
 from tasks.runtime.cpu import configure_torch
@@ -133,3 +136,76 @@ def test_the_answer_runs_on_the_answering_thread_and_stops_with_its_reader(gener
     assert thread.startswith("ragtune-torch") and threading.current_thread().name == "MainThread"
     assert 1 <= new_tokens < 16, f"decoded {new_tokens} tokens after the reader left"
     assert generate_answer(generator, prompt, 8).strip()  # the answering thread is free for the next answer
+
+
+def _full_prompt_passes(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, for each generate() call, how many prompt tokens it was given: the full prompt means that
+    transformers ran the prompt pass; ragtune's pass hands generate() the cache and one more token."""
+    real, seen = model.generate, []
+
+    def generate(**kwargs: Any) -> Any:
+        seen.append(int(kwargs["input_ids"].shape[1]) if "cache" not in kwargs else -1)
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    return seen
+
+
+def test_the_switch_loads_the_generator_without_the_lean_pass(generator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """answer.fast_prefill=false (RAGTUNE_ANSWER__FAST_PREFILL): no FastPrefill is built, transformers prefills."""
+    from tasks.answer.answering import serving_generator
+    from tasks.answer.serving import Serving
+    from tasks.settings import Settings
+
+    monkeypatch.setenv("RAGTUNE_ANSWER__FAST_PREFILL", "false")
+    answer = Settings().answer
+    assert answer.fast_prefill is False
+    plain = serving_generator(Serving("docs", generator.path, generator.name), answer)
+    assert plain is not generator and plain.prefill is None
+    assert serving_generator(Serving("docs", generator.path, generator.name), answer) is plain  # loaded once
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("ragtune's prompt pass ran with the switch off")
+
+    monkeypatch.setattr(FastPrefill, "__call__", never)
+    seen = _full_prompt_passes(plain.model, monkeypatch)
+    prompt = build_prompt(plain.tokenizer, "How long does the battery last?", [hit(BATTERY, "x200.md")], 1024)
+    text = generate_answer(plain, prompt, 12)
+    assert seen == [prompt.n_tokens] and text.strip()
+    monkeypatch.undo()
+    assert text == generate_answer(generator, prompt, 12)  # the same answer as the lean pass gives
+
+
+def test_an_untested_transformers_release_keeps_transformers_pass(caplog: pytest.LogCaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    monkeypatch.setattr(prefill_module, "_refused", [])
+    assert prefill_module.transformers_tested(), f"installed transformers {transformers.__version__} untested"
+    assert not prefill_module.transformers_tested("6.0.0") and not prefill_module.transformers_tested("5.23.1")
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    model = tiny_llama()
+    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tasks.answer.prefill"):
+        assert FastPrefill.for_model(model) is None
+        assert FastPrefill.for_model(model) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "transformers 5.99.0: ragtune's prompt pass is off (tested on "
+        f"{', '.join(prefill_module.TESTED_TRANSFORMERS)}); transformers' own runs"]
+    assert model.model.layers[0].self_attn.q_proj.weight is q_proj  # the model's weights are left as loaded
+
+
+def test_an_untested_transformers_release_answers_through_transformers(generator: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from tasks.answer.generation import _load_generator
+
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    plain = _load_generator(str(generator.path), generator.name)  # uncached: a fresh load on this "release"
+    assert plain.prefill is None
+    seen = _full_prompt_passes(plain.model, monkeypatch)
+    prompt = build_prompt(plain.tokenizer, "How long does the battery last?", [hit(BATTERY, "x200.md")], 1024)
+    generate_answer(plain, prompt, 4)
+    assert seen == [prompt.n_tokens]

@@ -7,17 +7,9 @@ from typing import Any
 
 import pytest
 
-from tasks.answer.generation import (
-    AnswerLoopGuard,
-    Decoding,
-    answer_processors,
-    attribute_by_overlap,
-    exempt_tokens,
-    generate_answer,
-    load_generator,
-    parse_citations,
-    until_prompt_markup,
-)
+from tasks.answer.citations import attribute_by_overlap, parse_citations
+from tasks.answer.decoding import AnswerLoopGuard, Decoding, answer_processors, exempt_tokens
+from tasks.answer.generation import generate_answer, load_generator, until_prompt_markup
 from tasks.answer.prompting import SYSTEM_PROMPT, PromptTooLongError, build_prompt, context_messages
 from tasks.runtime.cpu import configure_torch
 from tasks.runtime.sources import generator_source

@@ -121,7 +121,7 @@ def test_group_split_is_deterministic_and_never_splits_a_group() -> None:
 
 def test_rows_follow_the_training_format_and_count_chat_template_tokens(tokenizer) -> None:
     rows = ds.curated_rows([example(1, "What is ragtune?")], {"g": "train"})
-    ds.count_tokens(tokenizer, rows)
+    ds.set_token_counts(tokenizer, rows)
     record = rows[0].record()
     assert list(record) == ["id", "messages", "group", "kind", "n_tokens", "reference"]
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
@@ -134,15 +134,15 @@ def test_grounded_messages_use_the_answering_prompt_and_fit_the_budget(tokenizer
     from tasks.answer import prompting
     passages = [Hit("c1", 0.9, "ragtune flushes Milvus after writes. " * 80, "d1", {"path": "docs/a.md"}),
                 Hit("c2", 0.8, "Releases are written pointer last.", "d2", {"path": "docs/b.md"})]
-    messages = grounding.context_messages("Why flush?", passages, "Because searches are faster [1].")
+    messages = grounding.training_messages("Why flush?", passages, "Because searches are faster [1].")
     assert messages[0] == {"role": "system", "content": prompting.SYSTEM_PROMPT}
     assert '<document id="2" source="docs/b.md">' in messages[1]["content"] and "Why flush?" in messages[1]["content"]
-    sizes = [len(tokenizer.apply_chat_template(grounding.context_messages("Why flush?", passages[:n], "Because."),
+    sizes = [len(tokenizer.apply_chat_template(grounding.training_messages("Why flush?", passages[:n], "Because."),
                                                tokenize=True, return_dict=True)["input_ids"]) for n in (1, 2)]
     assert grounding.fit_passages(tokenizer, "Why flush?", passages, "Because.", sizes[1]) == passages
     assert grounding.fit_passages(tokenizer, "Why flush?", passages, "Because.", sizes[1] - 1) == passages[:1]
     assert grounding.fit_passages(tokenizer, "Why flush?", passages, "Because.", sizes[0] - 1) == []
-    assert grounding.cite("It is written first. ", 2) == "According to [2]: It is written first."
+    assert grounding.lead_with_citation("It is written first. ", 2) == "According to [2]: It is written first."
     assert grounding.support("pointer written last", "The pointer is written last.") == 1.0
 
 
@@ -172,7 +172,8 @@ def test_grounded_and_abstention_examples_from_a_real_collection(settings: Setti
              "answer": "Only the assistant tokens carry the loss under accelerate launch."}]
     settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(
         update={"abstain_share": 1.0, "eval_share": 0.3, "grounded_k": 1})})
-    prepared = dataset_build.prepare_examples(settings, str(write(tmp_path / "q.jsonl", rows)), "default", 13, "docs")
+    examples = str(write(tmp_path / "q.jsonl", rows))
+    prepared = dataset_build.prepare_examples.fn(settings, examples, "default", 13, "docs")
     grounded = {r.id: r for r in prepared.rows if r.kind == "grounded"}
     assert len(grounded) == 3 and all(r.response.startswith("According to [1]: ") for r in grounded.values())
     assert all("<document id=\"1\"" in r.messages[1]["content"] for r in grounded.values())

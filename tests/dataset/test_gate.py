@@ -57,12 +57,12 @@ def write_bitext(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def prepare(settings: Settings, tmp_path: Path, rows: list[dict[str, str]]) -> steps.Prepared:
-    return steps.prepare_examples(settings, str(write_bitext(tmp_path / "bitext.csv", rows)), "bitext", 13)
+def prepare(settings: Settings, tmp_path: Path, rows: list[dict[str, str]]) -> steps.PreparedExamples:
+    return steps.prepare_examples.fn(settings, str(write_bitext(tmp_path / "bitext.csv", rows)), "bitext", 13)
 
 
 def validate(settings: Settings, rows: list[ds.DatasetRow], previous: dict[str, float] | None = None) -> gx.GateReport:
-    return gx.validate(ds.gate_frame(rows), gx.GateConfig.from_settings(settings.dataset, previous))
+    return gx.validate(ds.gate_frame(rows), gx.DatasetGateConfig.from_settings(settings.dataset, previous))
 
 
 def names(outcomes: list[gx.Outcome]) -> set[str]:
@@ -193,12 +193,12 @@ def test_build_publishes_a_version_and_rebuilding_returns_the_same_id(env_settin
 
     path = write_bitext(tmp_path / "bitext.csv", bitext_rows())
     first = build_dataset(str(path), "bitext")
-    version = first["version"]
-    assert not first["reused"] and first["passed"] and first["counts"]["train"] + first["counts"]["eval"] == 50
+    version = first.version
+    assert not first.reused and first.passed and first.counts["train"] + first.counts["eval"] == 50
     assert s3_keys(env_settings, "datasets/") == sorted(["datasets/accepted/bitext.json"] + [
         f"datasets/{version}/{f}" for f in ("eval.jsonl", "manifest.json", "train.jsonl", "validation.json")])
     again = build_dataset(str(path), "bitext")
-    assert again["version"] == version and again["reused"]
+    assert again.version == version and again.reused
 
     shutil.rmtree(env_settings.cache_dir / "datasets")  # a fresh machine: fetched from S3, checked by sha256
     loaded = load_dataset_version(env_settings, version)
@@ -283,7 +283,7 @@ def _shared(relative: str) -> Path:
 @pytest.mark.data
 def test_real_bitext_fails_only_on_its_two_email_addresses(settings: Settings) -> None:
     path = _shared("bitext_customer_support/Bitext_Sample_Customer_Support_Training_Dataset.csv")
-    prepared = steps.prepare_examples(settings, str(path), "bitext", 13)
+    prepared = steps.prepare_examples.fn(settings, str(path), "bitext", 13)
     report = validate(settings, prepared.rows)
     # the published CSV has two responses giving support@company.com: the gate must catch exactly those
     assert names(report.failed) == {"pii_email"} and report.failed[0].unexpected_count == 2
@@ -298,7 +298,7 @@ def test_real_bitext_fails_only_on_its_two_email_addresses(settings: Settings) -
 @pytest.mark.data
 def test_real_pubmedqa_with_question_context_and_long_answer(settings: Settings) -> None:
     path = _shared("pubmedqa_pqal/ori_pqal.json")
-    prepared = steps.prepare_examples(settings, str(path), "pubmedqa", 13)
+    prepared = steps.prepare_examples.fn(settings, str(path), "pubmedqa", 13)
     assert len(prepared.rows) == 1000 and {r.label for r in prepared.rows} == {"yes", "no", "maybe"}
     assert all('<document id="1"' in r.messages[1]["content"] for r in prepared.rows)
     report = validate(settings, prepared.rows)  # 1024 tokens: one abstract + answer is longer

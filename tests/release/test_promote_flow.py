@@ -89,20 +89,20 @@ def test_promote_serve_refuse_force_rollback(env: Settings, tmp_path: Path, mode
     g1 = build_generation(env, half)
     first = promote_release(promotion.Candidate(collection=g1, checkpoint=str(checkpoint)),
                             gate(env, tmp_path), settings=env)
-    assert first["promoted"] and "first release" in first["decision"]["reasons"][0]
-    assert first["decision"]["production"]["retrieval.hit@k"] == 0.0  # no index: the first release's baseline
+    assert first.promoted and "first release" in first.decision.reasons[0]
+    assert first.decision.production["retrieval.hit@k"] == 0.0  # no index: the first release's baseline
     before = ask(env, QUESTIONS["rockets"])
-    assert before["release"] == first["release_id"] and before["collection"] == g1
+    assert before["release"] == first.release_id and before["collection"] == g1
     assert before["model"].startswith("checkpoint:sha256-")
     assert resolve_serving(env).model_path != checkpoint  # a verified copy from S3, not the local directory
 
     g2 = build_generation(env, PAGES)  # every page: a better index
     better = promote_release(promotion.Candidate(collection=g2), gate(env, tmp_path), settings=env)
-    assert better["promoted"], better["decision"]["reasons"]
-    decision = better["decision"]
-    assert decision["candidate"]["retrieval.hit@k"] > decision["production"]["retrieval.hit@k"]
+    assert better.promoted, better.decision.reasons
+    decision = better.decision
+    assert decision.candidate["retrieval.hit@k"] > decision.production["retrieval.hit@k"]
     served = ask(env, QUESTIONS["rockets"])
-    assert served["release"] == better["release_id"] and served["collection"] == g2
+    assert served["release"] == better.release_id and served["collection"] == g2
     assert served["sources"][0] == "file:///docs/rockets.md" and before["sources"][0] != served["sources"][0]
     with IndexClient(env.milvus_uri) as index:
         assert index.describe_alias("docs") == g2
@@ -110,26 +110,26 @@ def test_promote_serve_refuse_force_rollback(env: Settings, tmp_path: Path, mode
     scrambled = dict(zip(PAGES, list(PAGES.values())[1:] + list(PAGES.values())[:1], strict=True))
     g3 = build_generation(env, scrambled)  # texts under the wrong pages: a worse index
     refused = promote_release(promotion.Candidate(collection=g3), gate(env, tmp_path), settings=env)
-    assert not refused["promoted"] and refused["release_id"] is None
-    assert any(r.startswith("REGRESSED: retrieval.hit@k") for r in refused["decision"]["reasons"])
+    assert not refused.promoted and refused.release_id is None
+    assert any(r.startswith("REGRESSED: retrieval.hit@k") for r in refused.decision.reasons)
     store = S3Store(env)
-    assert read_pointer(store).release_id == better["release_id"]  # type: ignore[union-attr]
+    assert read_pointer(store).release_id == better.release_id  # type: ignore[union-attr]
     assert len(list_releases(store, include_unserved=True)) == 2  # a refusal writes nothing
     assert ask(env, QUESTIONS["rockets"]) == served
 
     forced = promote_release(promotion.Candidate(collection=g3), gate(env, tmp_path), force=True, settings=env)
-    assert forced["promoted"] and forced["forced"]
+    assert forced.promoted and forced.forced
     releases = list_releases(store)
-    assert releases[-1].manifest.forced and releases[-1].manifest.parent == better["release_id"]
+    assert releases[-1].manifest.forced and releases[-1].manifest.parent == better.release_id
 
     rolled = promotion.rollback_production(env)
-    assert rolled["release_id"] == better["release_id"]
+    assert rolled["release_id"] == better.release_id
     assert ask(env, QUESTIONS["rockets"]) == served  # the previous answers, word for word
     with IndexClient(env.milvus_uri) as index:
         assert index.describe_alias("docs") == g2
 
     again = promote_release(promotion.Candidate(collection=g2), gate(env, tmp_path), settings=env)
-    assert again["unchanged"] and again["release_id"] == better["release_id"]  # idempotent re-run
+    assert again.unchanged and again.release_id == better.release_id  # idempotent re-run
     assert len(list_releases(store, include_unserved=True)) == 3
 
 
@@ -143,8 +143,8 @@ def test_restore_from_s3_into_fresh_milvus_reproduces_search(env: Settings, tmp_
     result = promote_release(promotion.Candidate(collection=g1, checkpoint=str(tiny)), gate(env, tmp_path),
                              settings=env)
     fresh = env.model_copy(update={"milvus": env.milvus.model_copy(update={"uri": str(tmp_path / "fresh.db")})})
-    restored = promotion.restore_release(fresh, result["release_id"])
-    assert restored == {"release_id": result["release_id"], "collection": g1, "rows": 6, "alias": "docs"}
+    restored = promotion.restore_release(fresh, result.release_id)
+    assert restored == {"release_id": result.release_id, "collection": g1, "rows": 6, "alias": "docs"}
     for question in QUESTIONS.values():
         # Hybrid is RRF over these two rankings; Milvus orders exactly equal scores arbitrarily (insertion
         # order), so a restored index can fuse two tied BM25 hits the other way round.
@@ -176,7 +176,7 @@ def test_retention_keeps_the_last_n_and_drops_old_generations(env: Settings) -> 
     generations, ids = [], []
     for _ in range(3):
         generations.append(build_generation(env, PAGES))
-        ids.append(promote_release(promotion.Candidate(collection=generations[-1]), settings=env)["release_id"])
+        ids.append(promote_release(promotion.Candidate(collection=generations[-1]), settings=env).release_id)
     store = S3Store(env)
     assert [i.manifest.release_id for i in list_releases(store, include_unserved=True)] == ids[1:]  # + parent
     assert not list(store.list(f"indexes/{generations[0]}/")) and list(store.list(f"indexes/{generations[1]}/"))
@@ -219,38 +219,38 @@ def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, mo
 
     refused_first = promote_release(promotion.Candidate(collection=generation, checkpoint=str(worse)), model_gate,
                                     settings=env)
-    decision = refused_first["decision"]
-    assert not refused_first["promoted"] and decision["production_release"] is None
-    assert "gated against the base model and no index" in decision["reasons"][0]
-    assert decision["candidate"]["model.loss"] > decision["production"]["model.loss"] + 1
-    assert any(r.startswith("REGRESSED: model.loss") for r in decision["reasons"])
-    assert decision["production"]["retrieval.hit@k"] == 0.0 < decision["candidate"]["retrieval.hit@k"]
+    decision = refused_first.decision
+    assert not refused_first.promoted and decision.production_release is None
+    assert "gated against the base model and no index" in decision.reasons[0]
+    assert decision.candidate["model.loss"] > decision.production["model.loss"] + 1
+    assert any(r.startswith("REGRESSED: model.loss") for r in decision.reasons)
+    assert decision.production["retrieval.hit@k"] == 0.0 < decision.candidate["retrieval.hit@k"]
     assert read_pointer(store) is None  # a refused first release writes nothing
     assert not [o for prefix in ("releases/", "checkpoints/", "indexes/") for o in store.list(prefix)]
 
     first = promote_release(promotion.Candidate(collection=generation), model_gate, settings=env)
-    assert first["promoted"]  # production: this index and the base model
+    assert first.promoted  # production: this index and the base model
     gate_record = list_releases(store)[0].manifest.gate  # both sides recorded in the manifest
     assert gate_record.baseline == promotion.BASELINE and gate_record.production["retrieval.hit@k"] == 0.0
     assert gate_record.production["model.loss"] == gate_record.candidate["model.loss"]  # the base model, both sides
 
     refused = promote_release(promotion.Candidate(checkpoint=str(worse)),
                               promotion.GateConfig(model_dataset=version), settings=env)
-    decision = refused["decision"]
-    assert not refused["promoted"] and decision["production_release"] == first["release_id"]
-    assert decision["candidate"]["model.loss"] > decision["production"]["model.loss"] + 1
-    assert any(r.startswith("REGRESSED: model.loss") for r in decision["reasons"])
-    assert read_pointer(store).release_id == first["release_id"]  # type: ignore[union-attr]
+    decision = refused.decision
+    assert not refused.promoted and decision.production_release == first.release_id
+    assert decision.candidate["model.loss"] > decision.production["model.loss"] + 1
+    assert any(r.startswith("REGRESSED: model.loss") for r in decision.reasons)
+    assert read_pointer(store).release_id == first.release_id  # type: ignore[union-attr]
 
     # production now serves a model; when its checkpoint cannot be loaded, the gate must not fall back
     # to the base model (a bar production never set): the run fails and production stays
     forced = promote_release(promotion.Candidate(checkpoint=str(worse)), promotion.GateConfig(), force=True,
                              settings=env)
-    assert forced["promoted"]
+    assert forced.promoted
     store.delete([o.key for o in store.list("checkpoints/")])
     shutil.rmtree(env.cache_dir / "releases", ignore_errors=True)
     forget()
     with pytest.raises(Exception, match="checkpoint (cannot|could not) be loaded"):
         promote_release(promotion.Candidate(checkpoint=str(worse)), promotion.GateConfig(model_dataset=version),
                         settings=env)
-    assert read_pointer(store).release_id == forced["release_id"]  # type: ignore[union-attr]
+    assert read_pointer(store).release_id == forced.release_id  # type: ignore[union-attr]

@@ -67,11 +67,11 @@ def first_release(settings: Settings, tmp_path: Path) -> str:
     result = promote_release(promotion.Candidate(collection=generation(settings),
                                                  checkpoint=str(checkpoint(tmp_path / "ckpt-a"))),
                              settings=settings)
-    assert result["promoted"]
+    assert result.promoted
     forget()
     served = production_release(settings)  # this serving node now caches release 1
-    assert served is not None and served.release_id == result["release_id"]
-    return str(result["release_id"])
+    assert served is not None and served.release_id == result.release_id
+    return str(result.release_id)
 
 
 def assert_serving(settings: Settings, release_id: str) -> None:

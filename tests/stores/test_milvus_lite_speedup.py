@@ -19,6 +19,7 @@ import pytest
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
 
 from tasks.stores import milvus
+from tasks.stores.milvus_lite import replacements
 from tasks.stores.milvus_lite import search as milvus_lite_speedup
 from tasks.types import Chunk, IndexMeta
 
@@ -90,8 +91,8 @@ def test_numpy_bm25_scorer_equals_upstream_bit_for_bit() -> None:
     """The scorer alone, on indexes with Zipf terms, varied lengths and weights, masks and many ties."""
     from milvus_lite.index.sparse_inverted import SparseInvertedIndex
 
-    assert milvus_lite_speedup.enable() and SparseInvertedIndex.search is milvus_lite_speedup._bm25_search
-    upstream = milvus_lite_speedup._upstream["bm25"]
+    assert milvus_lite_speedup.enable() and SparseInvertedIndex.search is replacements.bm25_search
+    upstream = replacements.UPSTREAM["bm25"]
     rng = np.random.default_rng(11)
     for n, build_mask in ((500, False), (2000, True), (300, True)):
         docs = [_bm25_doc(rng) for _ in range(n)]
@@ -139,6 +140,7 @@ def test_ragtune_index_verbs_see_the_same_hits_patched_and_upstream(tmp_path: Pa
 
 def test_another_milvus_lite_version_keeps_upstream_search(monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
+    assert milvus_lite_speedup.enable()  # milvus-lite's own functions are recorded on the first install
     milvus_lite_speedup.disable()
     monkeypatch.setattr(milvus_lite_speedup, "_refused", [])
     monkeypatch.setattr(milvus_lite_speedup.metadata, "version", lambda name: "3.3.0")
@@ -146,10 +148,63 @@ def test_another_milvus_lite_version_keeps_upstream_search(monkeypatch: pytest.M
         assert not milvus_lite_speedup.enable()
         assert not milvus_lite_speedup.enable()
     assert not milvus_lite_speedup.active()
+    assert _installed() == _upstream_functions()
     assert [r.getMessage() for r in caplog.records] == [
         "milvus-lite 3.3.0: search speedup off (written for 3.2.2); searches walk every row in Python"]
     monkeypatch.undo()
     assert milvus_lite_speedup.enable() and milvus_lite_speedup.active()
+    assert _installed() == (replacements.search_with_index, replacements.search_sparse, replacements.bm25_search)
+
+
+def test_bm25_scorer_keeps_upstream_where_its_arithmetic_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy 1 or a NumPy-scalar query weight would round otherwise: upstream's scorer scores those queries."""
+    from milvus_lite.index.sparse_inverted import SparseInvertedIndex
+
+    from tasks.stores.milvus_lite import bm25 as milvus_lite_bm25
+
+    assert milvus_lite_speedup.enable()
+    index = SparseInvertedIndex()
+    index.build([{1: 1.0}, {1: 2.0, 2: 1.0}, {2: 3.0}])
+    upstream = replacements.UPSTREAM["bm25"]
+    calls: list[Any] = []
+    monkeypatch.setitem(replacements.UPSTREAM, "bm25", _recording(calls, upstream))
+    index.search([{1: 1.0}], 2)
+    assert not calls  # NumPy 2 and Python-float weights: the numpy scorer
+    index.search([{1: np.float64(1.0)}], 2)
+    monkeypatch.setattr(milvus_lite_bm25, "NUMPY_2", False)
+    index.search([{1: 1.0}], 2)
+    assert len(calls) == 2
+
+
+def test_a_segment_with_a_repeated_key_falls_back_to_upstream_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masks assume each segment holds a key once; a segment that does not is left to upstream's code."""
+    from types import SimpleNamespace
+
+    assert milvus_lite_speedup.enable()
+    calls: list[Any] = []
+    monkeypatch.setitem(replacements.UPSTREAM, "dense", _recording(calls, lambda *args: [["upstream"]]))
+    repeated = SimpleNamespace(pk_to_row={"a": 1}, num_rows=2, partition="_default")
+    out = replacements.search_with_index(np.zeros((1, DIM), dtype=np.float32), [repeated], None, None, 1, "COSINE",
+                                         "id", "vector", project_record_fn=dict)
+    assert out == [["upstream"]] and calls[0][1] == (repeated,)
+
+
+def _recording(calls: list[Any], then: Any) -> Any:
+    def record(*args: Any) -> Any:
+        calls.append(args)
+        return then(*args)
+    return record
+
+
+def _installed() -> tuple[Any, Any, Any]:
+    from milvus_lite.engine import collection
+    from milvus_lite.index.sparse_inverted import SparseInvertedIndex
+
+    return collection.execute_search_with_index, collection.Collection._search_sparse, SparseInvertedIndex.search
+
+
+def _upstream_functions() -> tuple[Any, Any, Any]:
+    return replacements.UPSTREAM["dense"], replacements.UPSTREAM["sparse"], replacements.UPSTREAM["bm25"]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -258,8 +313,6 @@ def _check(client: MilvusClient, rng: np.random.Generator, deleted: set[str],
 
 def test_the_setting_turns_the_patch_off_and_on_at_process_start(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from milvus_lite.engine import collection
-
     from tasks.runtime.process import process_settings
     from tasks.settings import get_settings
 
@@ -268,12 +321,13 @@ def test_the_setting_turns_the_patch_off_and_on_at_process_start(tmp_path: Path,
     try:
         monkeypatch.setenv("RAGTUNE_MILVUS__LITE_FAST_SEARCH", "false")
         get_settings.cache_clear()
-        with milvus.connect(process_settings()):
-            assert collection.execute_search_with_index is not milvus_lite_speedup._search_with_index
+        with milvus.connect(process_settings()):  # opening Milvus Lite does not switch it back on
+            assert _installed() == _upstream_functions() and not milvus_lite_speedup.active()
         monkeypatch.delenv("RAGTUNE_MILVUS__LITE_FAST_SEARCH")
         get_settings.cache_clear()
         with milvus.connect(process_settings()):
-            assert collection.execute_search_with_index is milvus_lite_speedup._search_with_index
+            assert _installed() == (replacements.search_with_index, replacements.search_sparse,
+                                    replacements.bm25_search)
     finally:
         get_settings.cache_clear()
         milvus_lite_speedup.enable()

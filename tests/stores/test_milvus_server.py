@@ -33,10 +33,10 @@ def test_ingest_round_trip_on_a_milvus_server(server_env: Settings, tmp_path: Pa
     docs.mkdir()
     for topic in ("herons", "otters", "beavers"):
         (docs / f"{topic}.md").write_text(f"# {topic}\n\nThe {topic} build homes by the river {topic}.\n")
-    assert ingest_documents(str(docs))["added"] == 3
-    assert ingest_documents(str(docs))["unchanged"] == 3
+    assert ingest_documents(str(docs)).added == 3
+    assert ingest_documents(str(docs)).unchanged == 3
     (docs / "otters.md").unlink()
-    assert ingest_documents(str(docs))["deleted"] == 1
+    assert ingest_documents(str(docs)).deleted == 1
 
     alias = server_env.milvus.collection
     vector = embedder(server_env).encode(["where do beavers build homes"])[0]

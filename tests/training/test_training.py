@@ -67,7 +67,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path
 
 def rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
     """Curated, grounded (numbered documents, cited answer) and abstention rows in the dataset format."""
-    from tasks.dataset.grounding import context_messages
+    from tasks.dataset.grounding import training_messages
 
     out = []
     for i in range(offset, offset + n):
@@ -78,7 +78,7 @@ def rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
         else:
             answer = f"The sum is {a + b} [1]." if kind == "grounded" else "I don't know."
             doc = f"{a} plus {b} is {a + b}" if kind == "grounded" else "Unrelated text."
-            messages = context_messages(f"What is {a} plus {b}?", [doc], answer)
+            messages = training_messages(f"What is {a} plus {b}?", [doc], answer)
         out.append({"id": f"r{i}", "messages": messages, "group": f"g{i % 4}", "kind": kind, "n_tokens": 0,
                     "reference": messages[-1]["content"]})
     return out
@@ -185,6 +185,9 @@ def test_config_precedence_and_validation(capsys: pytest.CaptureFixture[str]) ->
     assert "--method: invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--data-dir and --output-dir are required"):
         parse_config([])
+    assert parse_config(["--data-dir", "d", "--output-dir", "o", "--base-model", "m"]).required_base_model() == "m"
+    with pytest.raises(SystemExit, match="--base-model is required"):
+        cfg.required_base_model()
 
 
 def test_bf16_auto_is_decided_once_by_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,16 +205,21 @@ def test_bf16_auto_is_decided_once_by_the_launcher(monkeypatch: pytest.MonkeyPat
     cpu_runtime.cpu_bf16_pays.cache_clear()
 
 
+# what a lent GPU machine lacks: importing any of these in a training process fails
+WITHOUT_PREFECT_OR_SETTINGS = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in {'prefect', 'pydantic', 'pydantic_settings', 'ragtune'}:\n"
+    "            raise ImportError('blocked: ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
 def test_training_and_its_benches_import_without_prefect_or_settings() -> None:
     """A lent GPU machine holds torch, transformers, accelerate, peft and PyYAML only: the training script,
     its launcher and the training benches must not pull in Prefect, pydantic(-settings) or ragtune."""
-    blocker = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'prefect', 'pydantic', 'pydantic_settings', 'ragtune'}:\n"
-        "            raise ImportError('blocked: ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+    blocker = WITHOUT_PREFECT_OR_SETTINGS + (
         "import tasks.training.train, tasks.training.launch, bench.train, bench.train_check\n"
         "print('ok')\n"
     )
@@ -221,6 +229,19 @@ def test_training_and_its_benches_import_without_prefect_or_settings() -> None:
     from tasks.training import run as finetune
 
     assert finetune.stream is launch.stream and finetune.TrainingError is launch.TrainingError
+
+
+def test_the_script_without_a_base_model_says_so_and_reads_no_settings() -> None:
+    """Only the launcher reads settings (it passes --base-model): run alone without one, the script fails
+    with what it needs instead of building settings from the environment."""
+    script = WITHOUT_PREFECT_OR_SETTINGS + (
+        "import runpy\n"
+        "sys.argv = ['train', '--data-dir', 'data', '--output-dir', 'run']\n"
+        "runpy.run_module('tasks.training.train', run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--base-model is required" in proc.stderr, proc.stderr[-2000:]
+    assert "blocked" not in proc.stderr
 
 
 # -- evaluation metrics --------------------------------------------------------------------------------
@@ -395,7 +416,8 @@ def test_a_model_scored_on_the_same_rows_is_not_scored_twice_in_one_process(
 
 def test_models_are_scored_on_the_torch_thread(dataset: Path, tiny_model: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beside another thread's OpenMP pool (the pipeline's query encoding), generation ran 1.5-1.7x slower."""
+    """Beside another thread's OpenMP pool (the pipeline's query encoding), generation runs slower
+    (docs/training.md, "Measurements behind the code")."""
     import shutil
     import threading
 
@@ -451,8 +473,8 @@ def test_flow_refuses_a_failed_gate_and_trains_an_accepted_version(flow_settings
     accepted = cache_version(flow_settings, dataset, gate=True)
     summary = finetune_model(accepted, profile="cpu-1proc", preset="test", method="full",
                              overrides={"max_steps": 2, "max_seq_len": 256, "lr": 1e-3})
-    assert summary["world_size"] == 1 and summary["step"] == 2 and Path(summary["model_dir"]).is_dir()
-    assert summary["eval"]["candidate"]["loss"] < summary["eval"]["base"]["loss"]
+    assert summary.world_size == 1 and summary.step == 2 and Path(str(summary.model_dir)).is_dir()
+    assert summary.eval is not None and summary.eval.candidate["loss"] < summary.eval.base["loss"]
 
 
 def test_cli_eval_model_prints_base_and_candidate(settings: Any, dataset: Path, full_run: dict[str, Any],

@@ -1,9 +1,9 @@
 """Milvus Lite's BM25 scorer in numpy: ``SparseInvertedIndex.search`` without a Python step per posting.
 
 Why: milvus-lite 3.2.2 scores BM25 by walking each query term's posting list in Python (one dict update
-per posting, then a full ``sorted``), so a question's latency grows with how many chunks hold its words:
-229 ms for a word in 82k of 100k chunks (docs/retrieval.md). Installed by
-``tasks/milvus_lite_speedup.enable()`` under the same version guard and switch.
+per posting, then a full ``sorted``), so a question's latency grows with how many chunks hold its words
+(timings: docs/retrieval.md). Installed by ``tasks.stores.milvus_lite.search.enable()`` (as
+``replacements.bm25_search``) under the same version guard and switch.
 
 Same results, not just close ones. Upstream's formula, ``idf * tf*(k1+1) / (tf + k1*(1-b+b*dl/avgdl)) *
 weight`` summed per document, runs in float32 under NumPy 2: ``dl`` is an ``np.float32`` and a Python
