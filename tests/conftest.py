@@ -73,6 +73,7 @@ _MILVUS_HOMES: dict[str, Path] = {}
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Milvus 2.3 standalone (one per machine: its metrics port is fixed); yields its URI."""
+    wait_for_metrics_port()  # a server stopped by the test before still holds it for a moment
     if stack.port_open(9091):
         pytest.skip("port 9091 is taken: another Milvus server runs on this machine")
     home = tmp_path_factory.mktemp("milvus")
@@ -165,3 +166,10 @@ def shared_data() -> Path | None:
     """../shared/data when the opt-in data tier is enabled (RAGTUNE_SHARED_DATA=path)."""
     value = os.environ.get("RAGTUNE_SHARED_DATA")
     return Path(value) if value and Path(value).is_dir() else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start a Milvus server of their own run first: every Milvus 2.3 server binds port 9091, and
+    the session's shared one (``milvus_server``) holds it from its first user until the session ends."""
+    own_server = [item for item in items if item.path.name == "test_bulk_import.py"]
+    items[:] = own_server + [item for item in items if item not in own_server]

@@ -28,6 +28,7 @@ MILVUS_BUCKET = "milvus-data"
 @pytest.fixture(scope="module")
 def milvus_on_s3(seaweedfs: S3Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Milvus 2.3 standalone storing its data in the SeaweedFS bucket ``milvus-data``; yields its URI."""
+    wait_for_metrics_port()  # a server stopped by the test before still holds it for a moment
     if stack.port_open(9091):
         pytest.skip("port 9091 is taken: another Milvus server runs on this machine")
     home = tmp_path_factory.mktemp("milvus-s3")
