@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tasks.runtime.versions import release_tested
+
 log = logging.getLogger(__name__)
 # transformers releases (major.minor) this pass was written against and tests/answer/test_prefill.py passed
 # on: it mirrors their LlamaForCausalLM (weights, rotary embedding, RMSNorm) and generate(cache=...)
@@ -184,13 +186,8 @@ def transformers_tested(version: str | None = None) -> bool:
         import transformers
 
         version = transformers.__version__
-    if ".".join(version.split(".")[:2]) in TESTED_TRANSFORMERS:
-        return True
-    if version not in _refused:
-        _refused.append(version)
-        log.warning("transformers %s: ragtune's prompt pass is off (tested on %s); transformers' own runs",
-                    version, ", ".join(TESTED_TRANSFORMERS))
-    return False
+    return release_tested("transformers", version, TESTED_TRANSFORMERS, _refused, "ragtune's prompt pass is off",
+                          "transformers' own runs", log)
 
 
 class _Workspace:

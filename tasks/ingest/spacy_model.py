@@ -17,6 +17,8 @@ import logging
 from importlib import metadata
 from typing import Any
 
+from tasks.runtime.versions import release_tested
+
 log = logging.getLogger(__name__)
 # unstructured releases (major.minor) whose tokenize module the hook was written against and
 # tests/ingest/test_parsing.py checked: _load_spacy_model, _install_spacy_model, _SPACY_EXCLUDE, _get_nlp
@@ -86,11 +88,6 @@ def restore() -> None:
 def unstructured_tested(version: str | None = None) -> bool:
     """Whether ``version`` (default: the installed unstructured) is a release in ``TESTED_UNSTRUCTURED``."""
     version = version or metadata.version("unstructured")
-    if ".".join(version.split(".")[:2]) in TESTED_UNSTRUCTURED:
-        return True
-    if version not in _refused:
-        _refused.append(version)
-        log.warning("unstructured %s: the packaged spaCy model is not hooked in (tested on %s); unstructured "
-                    "loads en_core_web_sm itself and downloads it when it is missing",
-                    version, ", ".join(TESTED_UNSTRUCTURED))
-    return False
+    return release_tested("unstructured", version, TESTED_UNSTRUCTURED, _refused,
+                          "the packaged spaCy model is not hooked in",
+                          "unstructured loads en_core_web_sm itself and downloads it when it is missing", log)
