@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DOCS ?= docs
+# The demo's corpus is a frozen snapshot of the project's docs (examples/docs/): editing docs/ never moves its gate.
+DOCS ?= examples/docs
 EXAMPLES ?= examples/support.jsonl
 PYTEST_ARGS ?=
 

@@ -1,4 +1,4 @@
-"""`ragtune demo` (`make demo`): the whole loop on embedded defaults, on the project's own docs.
+"""`ragtune demo` (`make demo`): the whole loop on embedded defaults, on a frozen snapshot of the project's docs.
 
 Local stack up (SeaweedFS S3, Prefect server + UI) -> release pipeline (ingest -> dataset gate ->
 short fine-tune -> evaluation -> promotion to S3) -> `ragtune ask` answers from the promoted release.
@@ -18,7 +18,11 @@ import typer
 
 from ragtune.commands._common import JsonOption, UserError, clear_errors, emit
 
-DocsOption = typer.Option(Path("docs"), "--docs", help="Documents to index (default: the project's docs/).")
+# The demo's corpus is a fixed snapshot of the project's docs, not the living docs/: the gate compares the
+# fine-tuned model with the base on grounded rows drawn from this corpus, so a docs edit would move its inputs.
+DEMO_DOCS = Path("examples/docs")
+DocsOption = typer.Option(DEMO_DOCS, "--docs", help="Documents to index (default: examples/docs/, a frozen "
+                          "snapshot of the project's docs).")
 ExamplesOption = typer.Option(Path("examples/support.jsonl"), "--examples", help="Curated examples file.")
 QUESTION = "What is a collection generation?"
 # A demo-sized evaluation: the generation metrics of 8 eval examples, short answers (CPU minutes matter).
