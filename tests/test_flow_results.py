@@ -24,7 +24,8 @@ from tasks.ingest.report import IngestReport, report_markdown
 from tasks.release.manifest import GateDecision
 
 INGEST_KEYS = ["source", "collection", "added", "updated", "deleted", "unchanged", "quarantined", "quarantine",
-               "still_quarantined", "chunks_written", "chunks_reused", "seconds", "chunks_per_s", "embedding"]
+               "still_quarantined", "skipped", "chunks_written", "chunks_reused", "seconds", "chunks_per_s",
+               "embedding"]
 DATASET_KEYS = ["version", "name", "reused", "passed", "counts", "tokens", "path", "warnings"]
 TRAINING_REPORT = {"event": "result", "model_dir": "/runs/r/model", "world_size": 2, "step": 20, "best_step": 20,
                    "best_eval_loss": 1.5, "stopped_early": False, "out_of_time": False, "param_digests": ["a", "a"],
@@ -98,6 +99,9 @@ def test_ingest_report_keys() -> None:
     assert dumped(ingest_report(embedding=None))["embedding"] is None
     markdown = report_markdown(ingest_report())
     assert "| added | 2 |" in markdown and "| file:///docs/bad.pdf | truncated / unreadable |" in markdown
+    assert dumped(ingest_report())["skipped"] == {}  # a report from before the field reads as "nothing skipped"
+    skipped = report_markdown(ingest_report(skipped={"symlink": 2, "hidden": 1}))
+    assert "## Skipped" in skipped and "| symlink | 2 |" in skipped and "## Skipped" not in markdown
 
 
 def test_the_ingest_completion_event_reads_a_typed_report() -> None:

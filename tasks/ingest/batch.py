@@ -59,6 +59,7 @@ def index_batch(run: Run, files: Sequence[SourceFile], upcoming: Sequence[Source
         ingest = run.settings.ingest
         chunks = {d: chunk_elements(els, _doc_info(f, h), tokenizer, ingest.max_tokens, ingest.overlap_tokens)
                   for d, (f, h, els) in parsed.items()}
+    _quarantine_chunkless(run, prep, parsed, chunks)
     flat = [c for cs in chunks.values() for c in cs]
     vectors = _vectors(run, flat, [d for d in chunks if d in prep.known]) if flat else None
     with run.stats.timed("write"):
@@ -153,6 +154,17 @@ def _vectors(run: Run, chunks: list[Chunk], indexed_docs: list[str]) -> Any:
         return np.asarray([by_text[c.text] for c in chunks], dtype=np.float32).reshape(len(chunks), run.meta.dim)
 
 
+def _quarantine_chunkless(run: Run, prep: Prepared, parsed: dict[str, tuple[SourceFile, str, list[Element]]],
+                          chunks: dict[str, list[Chunk]]) -> None:
+    """A document that yields no chunk is quarantined, never recorded as indexed with nothing searchable."""
+    for doc_id in [d for d, cs in chunks.items() if not cs]:
+        f, digest, elements = parsed.pop(doc_id)
+        del chunks[doc_id]
+        headings_only = all(e.type == "Title" for e in elements)
+        reason = ("no text: the parser found headings only, no body text" if headings_only
+                  else "no text: the parsed content made no chunk")
+        prep.records.append(_quarantine(run, f, digest, reason))
+        prep.failed.append(doc_id)
 
 
 def _doc_info(f: SourceFile, digest: str) -> DocInfo:

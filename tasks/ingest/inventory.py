@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote, unquote_to_bytes, urlparse
 
 from tasks.settings import Settings
 from tasks.types import DocRecord, doc_id_for
@@ -23,7 +25,7 @@ from tasks.types import DocRecord, doc_id_for
 class SourceFile:
     uri: str  # the document's identity, also the resource id of its Prefect events
     source: str  # the root it was listed under
-    path: str  # relative to the root
+    path: str  # relative to the root, printable (``printable``): to show and store; the URI names the bytes
     size: int
     version: str  # mtime_ns (files) or ETag (S3)
 
@@ -38,6 +40,7 @@ class SourceFile:
 
 class Source(Protocol):
     uri: str
+    skipped: dict[str, int]  # reason -> entries the last listing left out on purpose
 
     def list(self) -> list[SourceFile]: ...
 
@@ -47,40 +50,98 @@ class Source(Protocol):
 
 
 class LocalSource:
-    """A folder, recursively; hidden entries and links leaving the folder are skipped."""
+    """A folder, recursively. Only regular files are documents: hidden entries, symbolic links (any, so
+    that nothing outside the folder is ever read and no file is indexed twice), special files and
+    unreadable entries are skipped and counted in ``skipped`` by reason.
+
+    File names are bytes: the URI percent-encodes the raw bytes (a name that is not UTF-8 round-trips),
+    ``SourceFile.path`` is a printable rendering of them, and reading decodes the real name from the URI.
+    """
 
     def __init__(self, root: Path):
         self.root = root.resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"source folder {root} does not exist")
         self.uri = self.root.as_uri()
+        self.skipped: dict[str, int] = {}
 
     def list(self) -> list[SourceFile]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out, skipped = [], Counter[str]()
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=lambda _: skipped.update(["unreadable"])):
+            for name in sorted(dirnames):
+                if reason := _skip_reason(os.path.join(dirpath, name), name):
+                    skipped[reason] += 1
+                    dirnames.remove(name)  # not descended into
+            dirnames.sort()
             for name in sorted(filenames):
-                if not name.startswith(".") and (found := self.stat(os.path.join(dirpath, name))):
+                full = os.path.join(dirpath, name)
+                if reason := _skip_reason(full, name):
+                    skipped[reason] += 1
+                elif found := self._file(full):
                     out.append(found)
+        self.skipped = dict(sorted(skipped.items()))
         return out
 
     def stat(self, path: str) -> SourceFile | None:
-        full = Path(path) if os.path.isabs(path) else self.root / path
-        if ".." in Path(path).parts:
-            return None  # a name from an event must not reach outside the source
-        try:
-            real = full.resolve()
-            real.relative_to(self.root)  # a link pointing outside the source is not part of it
-            info = real.stat()
-        except (OSError, ValueError):
+        """The document at ``path`` (relative, or absolute under the folder), under the listing's rules."""
+        full = os.path.normpath(self.root / path)
+        rel = Path(full).relative_to(self.root) if Path(full).is_relative_to(self.root) else None
+        if rel is None or ".." in Path(path).parts or os.path.realpath(full) != full:
+            return None  # outside the folder, or through a symbolic link
+        inner = [self.root.joinpath(*rel.parts[:i + 1]) for i in range(len(rel.parts))]
+        if any(_skip_reason(str(p), p.name) for p in inner):
             return None
-        if not real.is_file():
-            return None
-        rel = full.relative_to(self.root).as_posix()
-        return SourceFile(f"{self.uri}/{quote(rel)}", self.uri, rel, info.st_size, str(info.st_mtime_ns))
+        return self._file(full)
 
     def read(self, file: SourceFile) -> bytes:
-        return (self.root / file.path).read_bytes()
+        return _read_regular(self.root / local_name(self.uri, file.uri))
+
+    def _file(self, full: str) -> SourceFile | None:
+        try:
+            info = os.lstat(full)
+        except OSError:
+            return None  # gone since it was listed
+        rel = Path(full).relative_to(self.root).as_posix()
+        uri = f"{self.uri}/{quote(os.fsencode(rel))}"
+        return SourceFile(uri, self.uri, printable(rel), info.st_size, str(info.st_mtime_ns))
+
+
+def _skip_reason(path: str, name: str) -> str | None:
+    """Why a folder entry is not a document (or a folder to descend into); None when it is."""
+    if name.startswith("."):
+        return "hidden"
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return "unreadable"
+    if stat.S_ISLNK(info.st_mode):
+        return "symlink"
+    if stat.S_ISDIR(info.st_mode):
+        return None if os.access(path, os.R_OK | os.X_OK) else "unreadable"
+    if not stat.S_ISREG(info.st_mode):
+        return "special file"  # fifo, socket, device: reading one could block or never end
+    return None if os.access(path, os.R_OK) else "unreadable"
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file; never follows a link or blocks on a fifo swapped in since the listing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{printable(str(path))} is no longer a regular file")
+        return fh.read()
+
+
+def local_name(source_uri: str, uri: str) -> str:
+    """The file system name (relative to the folder) of a ``file:`` document URI: percent-decoded bytes."""
+    if not uri.startswith(source_uri + "/"):
+        raise ValueError(f"document {uri} is not under source {source_uri}")
+    return os.fsdecode(unquote_to_bytes(uri[len(source_uri) + 1:]))
+
+
+def printable(name: str) -> str:
+    """A file name as text any store accepts: bytes that are not UTF-8 become ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class S3Source:
@@ -92,6 +153,7 @@ class S3Source:
         loc = S3Location.parse(uri)
         self.store = S3Store(settings, bucket=loc.bucket, prefix=loc.prefix)
         self.uri = f"s3://{loc.bucket}/{self.store.prefix}".rstrip("/")
+        self.skipped: dict[str, int] = {}  # every key is an object; folder markers are not entries
 
     def list(self) -> list[SourceFile]:
         return [SourceFile(f"{self.uri}/{o.key}", self.uri, o.key, o.size, o.etag)
@@ -110,7 +172,7 @@ def open_source(spec: str, settings: Settings) -> Source:
     if spec.startswith("s3://"):
         return S3Source(spec, settings)
     if spec.startswith("file://"):
-        return LocalSource(Path(unquote(urlparse(spec).path)))
+        return LocalSource(Path(os.fsdecode(unquote_to_bytes(urlparse(spec).path))))
     return LocalSource(Path(spec))
 
 

@@ -49,6 +49,7 @@ class RunStats:
     unchanged: int = 0
     quarantined: list[dict[str, str]] = field(default_factory=list)
     still_quarantined: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # source entries left out on purpose, by reason
     chunks_written: int = 0
     chunks_reused: int = 0  # vectors taken from the index instead of re-embedding
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -147,6 +148,7 @@ def plan(run: Run, force: bool = False) -> Diff:
     with run.stats.timed("list"):
         records = run.index.read_records(run.collection, run.source.uri)
         diff = diff_listing(run.source.list(), records)
+    run.stats.skipped = dict(run.source.skipped)
     refusal = deletion_refusal(diff, records, run.settings.ingest.deletion_guard)
     if refusal and not force:
         raise DeletionGuardError(f"refusing to run: {refusal}; nothing was deleted. If this is intended, "
@@ -193,12 +195,11 @@ def source_for(settings: Settings, alias: str, uri: str) -> str:
 
 
 def relative_path(source: Source, uri: str) -> str:
-    from urllib.parse import unquote
+    from tasks.ingest.inventory import local_name  # file: URIs percent-encode the name's raw bytes
 
     if not uri.startswith(source.uri + "/"):
         raise ValueError(f"document {uri} is not under source {source.uri}")
-    rel = uri[len(source.uri) + 1:]
-    return unquote(rel) if source.uri.startswith("file:") else rel
+    return local_name(source.uri, uri) if source.uri.startswith("file:") else uri[len(source.uri) + 1:]
 
 
 # --- deletion, finishing, reporting ---------------------------------------------------------------
@@ -226,7 +227,7 @@ def finish(run: Run) -> IngestReport:
         source=run.source.uri, collection=run.collection, added=s.added, updated=s.updated,
         deleted=s.deleted, unchanged=s.unchanged, quarantined=len(s.quarantined),
         quarantine=[QuarantinedFile(**q) for q in s.quarantined], still_quarantined=s.still_quarantined,
-        chunks_written=s.chunks_written, chunks_reused=s.chunks_reused,
+        skipped=dict(s.skipped), chunks_written=s.chunks_written, chunks_reused=s.chunks_reused,
         seconds={k: round(v, 3) for k, v in s.seconds.items()},
         chunks_per_s=round(s.chunks_written / total, 2) if total else 0.0,
         embedding=EmbeddingStats(bf16=emb.bf16, threads=emb.threads, passes_by_threads=dict(emb.passes_by_threads),

@@ -38,6 +38,8 @@ class IngestReport(BaseModel):
     quarantined: int = Field(description="Documents quarantined by this run.")
     quarantine: list[QuarantinedFile]
     still_quarantined: int = Field(description="Unchanged documents an earlier run quarantined (not retried).")
+    skipped: dict[str, int] = Field(default_factory=dict, description=(
+        "Source entries left out on purpose, by reason: hidden, symlink, special file, unreadable."))
     chunks_written: int
     chunks_reused: int = Field(description="Vectors taken from the index instead of re-embedding.")
     seconds: dict[str, float] = Field(description="Seconds per stage (list, parse, embed, write, flush...).")
@@ -65,6 +67,9 @@ def report_markdown(report: IngestReport) -> str:
     lines += [f"| {name} | {value} |" for name, value in counts.items()]
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {secs} |" for stage, secs in r.seconds.items()]
+    if r.skipped:
+        lines += ["", "## Skipped", "", "| reason | entries |", "|---|---|"]
+        lines += [f"| {reason} | {n} |" for reason, n in r.skipped.items()]
     if r.quarantine:
         lines += ["", "## Quarantined", "", "| document | reason |", "|---|---|"]
         lines += [f"| {q.uri} | {q.reason.replace('|', '/')} |" for q in r.quarantine]
