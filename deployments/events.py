@@ -46,8 +46,10 @@ def report_ingest(flow: Any, flow_run: Any, state: Any) -> None:
     """on_completion hook of the scheduled ingestion: announce what changed (see module doc)."""
     from prefect.events import emit_event
 
-    settings = get_settings()
     params = flow_run.parameters
+    if params.get("shard"):
+        return  # one shard of a sharded run: its parent announces the whole ingestion
+    settings = get_settings()
     collection = params.get("collection") or settings.milvus.collection
     event = ingest_event(collection, str(params.get("source", "")), state.result(),
                          settings.orchestration.release_min_changed)

@@ -131,6 +131,12 @@ class IngestSettings(BaseModel):
     deletion_guard: float = Field(0.2, description="Refuse a run deleting more than this share of the index.")
     watch_interval_s: float = Field(5.0, description="Polling interval of `ragtune watch`.")
     debounce_s: float = Field(2.0, description="Wait for a changed file to settle before emitting its event.")
+    shard_deployment: str = Field("ingest-documents/ingest-documents", description="Deployment (flow/deployment) "
+                                  "that runs the shards of a sharded ingestion; e.g. ingest-documents/"
+                                  "ingest-documents-gpu to embed on the GPU pool.")
+    shard_attempts: int = Field(2, ge=1, description="Runs a failed or crashed shard gets before the ingestion fails.")
+    shard_start_timeout_s: float = Field(600.0, gt=0, description="A shard no worker has picked up by then fails the "
+                                         "ingestion (nothing deleted) instead of waiting forever.")
 
 
 class OrchestrationSettings(BaseModel):

@@ -25,7 +25,7 @@ from tasks.release.manifest import GateDecision
 
 INGEST_KEYS = ["source", "collection", "added", "updated", "deleted", "unchanged", "quarantined", "quarantine",
                "still_quarantined", "skipped", "chunks_written", "chunks_reused", "seconds", "chunks_per_s",
-               "embedding"]
+               "embedding", "shards"]
 DATASET_KEYS = ["version", "name", "reused", "passed", "counts", "tokens", "path", "warnings"]
 TRAINING_REPORT = {"event": "result", "model_dir": "/runs/r/model", "world_size": 2, "step": 20, "best_step": 20,
                    "best_eval_loss": 1.5, "stopped_early": False, "out_of_time": False, "param_digests": ["a", "a"],

@@ -26,16 +26,20 @@ def ingest(
     collection: str = CollectionOption,
     force: bool = typer.Option(False, "--force", help="Allow deleting more than the guard share of the index."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Write a new generation (served after promotion)."),
+    shards: int = typer.Option(1, "--shards", min=1, help="Split the documents into N shard runs of the "
+                               "ingest-documents deployment on the work pool (needs a Prefect server, workers and "
+                               "a Milvus server); this process waits, then deletes, flushes and reports."),
     as_json: bool = JsonOption,
 ) -> None:
     """Bring the index in step with SOURCE: index added/changed documents, delete removed ones."""
     from flows.ingest import ingest_documents
     from tasks.ingest.plan import DeletionGuardError
+    from tasks.ingest.shards import ShardingError
     from tasks.stores.milvus import MilvusIndexError
 
     try:
-        report = ingest_documents(source, collection, force, rebuild)
-    except (DeletionGuardError, MilvusIndexError) as exc:
+        report = ingest_documents(source, collection, force, rebuild, shards)
+    except (DeletionGuardError, MilvusIndexError, ShardingError) as exc:
         raise UserError(str(exc)) from None
     emit(report, as_json, _summary)
 
@@ -96,6 +100,8 @@ def watch(
 def _summary(r: IngestReport) -> str:
     lines = [f"{r.collection}: +{r.added} added, ~{r.updated} updated, -{r.deleted} deleted, "
              f"{r.unchanged} unchanged, {r.quarantined} quarantined, {r.chunks_written} chunks "
-             f"({r.chunks_per_s} chunks/s)"]
+             f"({r.chunks_per_s} chunks/s)" + (f" in {r.shards} shard runs" if r.shards else "")]
+    if r.skipped:
+        lines.append("  skipped (not documents): " + ", ".join(f"{n} {why}" for why, n in r.skipped.items()))
     lines += [f"  quarantined {q.uri}: {q.reason}" for q in r.quarantine]
     return "\n".join(lines)

@@ -45,6 +45,7 @@ class IngestReport(BaseModel):
     seconds: dict[str, float] = Field(description="Seconds per stage (list, parse, embed, write, flush...).")
     chunks_per_s: float
     embedding: EmbeddingStats | None = Field(description="None when nothing was embedded in this process.")
+    shards: int = Field(0, description="Shard runs whose reports this one sums (0: the run was not sharded).")
 
 
 def publish_report(report: IngestReport, key: str = "ingest-report") -> None:
