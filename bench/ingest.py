@@ -1,6 +1,7 @@
 """Ingestion throughput beside plain SentenceTransformer.encode, re-run cost, and event-to-searchable latency.
 
     python bench/ingest.py [CORPUS_DIR] [--raw-sample 1024] [--index-chunks 10000] [--keep DIR]
+    python bench/ingest.py [CORPUS_DIR] --workers 2 [--docs 200]   # sharded ingestion: bench/shards.py
 
 CORPUS_DIR defaults to the Ray docs (../shared/data/ray_docs_qa/docs). Every measured run is a fresh
 process talking to one Prefect API (a temporary server started here), so the re-run proves the
@@ -45,12 +46,21 @@ def main() -> None:
     parser.add_argument("--step", default="", help=argparse.SUPPRESS)
     parser.add_argument("--index-chunks", type=int, default=10_000, help="Index size for the event steps.")
     parser.add_argument("--keep", default="", help="Data dir to use and keep (default: a temporary one).")
+    parser.add_argument("--workers", type=int, default=0, help="Instead: sharded ingestion, --shards N on N process "
+                        "workers against one worker and an unsharded run (bench/shards.py).")
+    parser.add_argument("--docs", type=int, default=200, help="With --workers: the corpus' first N files.")
     args = parser.parse_args()
     if args.step:
         print(json.dumps(STEPS[args.step](args)), flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="ragtune-bench-") as tmp:
-        print(json.dumps(run_all(args, Path(args.keep or tmp))), flush=True)
+        data = Path(args.keep or tmp)
+        if args.workers:
+            from bench.shards import compare_workers
+
+            print(json.dumps(compare_workers(Path(args.corpus).resolve(), data, args.workers, args.docs)), flush=True)
+        else:
+            print(json.dumps(run_all(args, data)), flush=True)
 
 
 def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:

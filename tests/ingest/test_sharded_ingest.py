@@ -105,6 +105,12 @@ def test_two_shards_build_the_collection_one_run_builds(cluster: Settings, tmp_p
     assert again.shards == 1  # only the changed document's shard ran
     assert ingest_documents(str(docs), "sharded", shards=2).shards == 0  # nothing changed: no shard run at all
 
+    rebuilt = ingest_documents(str(docs), "sharded", rebuild=True, shards=2)
+    assert (rebuilt.collection, rebuilt.added, rebuilt.shards) == ("sharded__g2", len(TOPICS) - 1, 2)
+    with IndexClient.from_settings(cluster) as index:
+        assert index.resolve("sharded") == "sharded__g1"  # the rebuild is served only after promotion
+        assert index.count("sharded__g2") == index.count("sharded__g1")
+
 
 def test_a_killed_shard_runs_again_alone_and_duplicates_nothing(cluster: Settings, tmp_path: Path) -> None:
     from flows.ingest import ingest_documents
