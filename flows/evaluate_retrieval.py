@@ -83,11 +83,12 @@ class PageEvaluation(BaseModel):
 
 
 @flow(name="evaluate-beir")
-def evaluate_beir(dataset: str, mode: str = "hybrid", split: str = "test") -> BeirEvaluation:
-    """Ingest the corpus (title + text per document) into its own collection, rank the split's queries, score."""
+def evaluate_beir(dataset: str, mode: str = "hybrid", split: str = "test", collection: str = "") -> BeirEvaluation:
+    """Ingest the corpus (title + text per document) into ``collection`` (empty: its own), rank the split's
+    queries, score."""
     settings = process_settings()
     data = load_beir(Path(dataset), split)
-    alias = eval_alias("beir", data.name, settings)
+    alias = collection or eval_alias("beir", data.name, settings)
     ingest = ingest_documents(materialize_corpus(settings, data), alias)
     rankings = rank_questions(settings, alias, list(data.queries.values()), mode, 100 * CHUNKS_PER_DOC)
     metrics = evaluate_run(beir_run(list(data.queries), rankings), data.qrels)
@@ -97,11 +98,12 @@ def evaluate_beir(dataset: str, mode: str = "hybrid", split: str = "test") -> Be
 
 
 @flow(name="evaluate-pages")
-def evaluate_pages(questions: str, docs: str, k: int = 5, mode: str = "hybrid") -> PageEvaluation:
-    """Share of questions whose answering page is among the pages of the top-k chunks (also at 1, 5, 13)."""
+def evaluate_pages(questions: str, docs: str, k: int = 5, mode: str = "hybrid", collection: str = "") -> PageEvaluation:
+    """Share of questions whose answering page is among the pages of the top-k chunks (also at 1, 5, 13);
+    the docs are ingested into ``collection`` (empty: a collection of their own)."""
     settings = process_settings()
     asked = load_questions(Path(questions))
-    alias = eval_alias("pages", Path(docs).resolve().name, settings)
+    alias = collection or eval_alias("pages", Path(docs).resolve().name, settings)
     ingest_documents(docs, alias)
     cutoffs = sorted({1, 5, 13, k})
     pages = page_rankings(rank_questions(settings, alias, [q.question for q in asked], mode, max(cutoffs)))

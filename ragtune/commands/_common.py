@@ -6,15 +6,21 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R", bound=BaseModel | dict[str, Any])
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
+CollectionOption = typer.Option("", "--collection", metavar="NAME",
+                                help="Collection to search: a serving alias or a physical collection; "
+                                     "empty = settings.milvus.collection.")
 
 
 class UserError(Exception):
@@ -32,6 +38,13 @@ def emit(result: R, as_json: bool, human: Callable[[R], str] | None = None) -> N
         print(json.dumps(data, default=str, sort_keys=True), flush=True)
     else:
         typer.echo(human(result) if human else json.dumps(data, default=str, indent=2))
+
+
+def with_collection(settings: Settings, name: str) -> Settings:
+    """``settings`` with ``name`` as the collection to serve (empty: unchanged); other sections are shared."""
+    if not name:
+        return settings
+    return settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"collection": name})})
 
 
 def clear_errors(func: F) -> F:

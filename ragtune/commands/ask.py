@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ragtune.commands._common import JsonOption, clear_errors, emit
+from ragtune.commands._common import CollectionOption, JsonOption, clear_errors, emit, with_collection
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -21,13 +24,18 @@ def ask(
     k: int = typer.Option(None, "--k", min=1, max=100, help="Chunks to retrieve (default: settings answer.k)."),
     mode: str = typer.Option(None, "--mode", help="dense | bm25 | hybrid (default: settings answer.mode)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Longest answer in tokens."),
+    collection: str = CollectionOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Answer a question from the indexed documents, citing them; tokens appear as they are generated."""
+    """Answer a question from the indexed documents, citing them; tokens appear as they are generated.
+
+    The production release answers with its fine-tuned model when the collection is its own (the default);
+    another collection is answered by the base generator. The answer names the collection searched.
+    """
     from tasks.answer.answering import ask as start
     from tasks.settings import get_settings
 
-    stream = start(get_settings(), question, k, mode, max_new_tokens)
+    stream = start(with_collection(get_settings(), collection), question, k, mode, max_new_tokens)
     out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the one JSON line
     for piece in stream:
         out.write(piece)
@@ -58,8 +66,13 @@ def _sources(answer: dict[str, Any]) -> str:
 def serve(
     host: str = typer.Option(None, "--host", help="Bind address (default: settings answer.host)."),
     port: int = typer.Option(None, "--port", help="Port (default: settings answer.port)."),
+    collection: str = CollectionOption,
 ) -> None:
-    """Serve the HTTP API: POST /ask, GET /healthz, OpenAPI docs at /docs."""
+    """Serve the HTTP API: POST /ask, GET /healthz, OpenAPI docs at /docs.
+
+    A collection named with --collection must exist when the server starts; the configured default may be
+    ingested later (/healthz says 503 until then).
+    """
     import uvicorn
 
     from ragtune.api import create_app
@@ -68,11 +81,29 @@ def serve(
     from tasks.answer.serving import resolve_serving
     from tasks.settings import get_settings
 
-    settings = get_settings()
+    settings = with_collection(get_settings(), collection)
     serving = resolve_serving(settings)
+    if collection:
+        _check_collection(settings, serving.collection)
     serving_generator(serving, settings.answer)  # load before the first request, not during it
     query_embedder(settings, frozen=True)  # traced once: 5-7 ms a question instead of 11-15
     token = settings.answer.api_token.get_secret_value()
     auth = "bearer token required" if token else "no auth (set RAGTUNE_ANSWER__API_TOKEN)"
     typer.echo(f"serving {serving.collection} with {serving.model_name}; {auth}")
+    if serving.note:
+        typer.echo(f"note: {serving.note}")
     uvicorn.run(create_app(settings), host=host or settings.answer.host, port=port or settings.answer.port)
+
+
+def _check_collection(settings: Settings, name: str) -> None:
+    """Refuse to start on a collection that does not exist (a typo would otherwise answer 404 to every
+    request); Milvus being down is not checked here: the API answers 503 until it is back."""
+    from tasks.answer.retrieval import check_model
+    from tasks.stores import milvus
+
+    try:
+        with milvus.connect(settings) as index:
+            check_model(index, name, settings)
+    except milvus.SERVICE_ERRORS as exc:
+        typer.secho(f"warning: Milvus at {settings.milvus_uri} cannot be checked: {exc}", err=True,
+                    fg=typer.colors.YELLOW)

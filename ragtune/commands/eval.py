@@ -12,6 +12,12 @@ if TYPE_CHECKING:
     from flows.evaluate_retrieval import BeirEvaluation, PageEvaluation
 
 MODES = ("dense", "bm25", "hybrid")
+# Not CollectionOption: an evaluation ingests its corpus into the collection, so its default is a collection of
+# its own, never the serving one.
+EvalCollectionOption = typer.Option(
+    "", "--collection", metavar="NAME",
+    help="Collection to ingest the corpus into and search (alias or physical name; re-ingesting an unchanged "
+         "corpus writes nothing); empty = one per benchmark and chunker, eval_<kind>_<name>_t<max_tokens>.")
 
 
 def register(app: typer.Typer) -> None:
@@ -31,12 +37,13 @@ def beir(
     dataset: str = typer.Argument(..., help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv."),
     mode: str = typer.Option("hybrid", "--mode", help="dense | bm25 | hybrid."),
     split: str = typer.Option("test", "--split", help="qrels split to score."),
+    collection: str = EvalCollectionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest the corpus through the normal ingestion flow, then report nDCG@10, Recall@10/100, MRR@10."""
     from flows.evaluate_retrieval import evaluate_beir
 
-    emit(evaluate_beir(dataset, _mode(mode), split), as_json, _human_beir)
+    emit(evaluate_beir(dataset, _mode(mode), split, collection), as_json, _human_beir)
 
 
 @clear_errors
@@ -45,12 +52,13 @@ def pages(
     docs: str = typer.Option(..., "--docs", help="The documentation folder the pages come from."),
     k: int = typer.Option(5, "--k", min=1, max=100, help="Chunks per question."),
     mode: str = typer.Option("hybrid", "--mode", help="dense | bm25 | hybrid."),
+    collection: str = EvalCollectionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Share of questions whose source page is among the pages of the top-k retrieved chunks."""
     from flows.evaluate_retrieval import evaluate_pages
 
-    emit(evaluate_pages(questions, docs, k, _mode(mode)), as_json, _human_pages)
+    emit(evaluate_pages(questions, docs, k, _mode(mode), collection), as_json, _human_pages)
 
 
 def _human_beir(r: BeirEvaluation) -> str:

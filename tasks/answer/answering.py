@@ -86,7 +86,7 @@ class AnswerStream:
         return Answer(self.question, text, cite(text, self.prompt.sources), sources, self.found.collection,
                       self.serving.model_name, self.serving.release_id, self.found.mode,
                       {k: round(v, 4) for k, v in timings.items()}, stats.prompt_tokens, stats.new_tokens,
-                      self.prompt.truncated, self.found.note)
+                      self.prompt.truncated, "; ".join(n for n in (self.found.note, self.serving.note) if n))
 
 
 def serving_generator(serving: Serving, answer: AnswerSettings) -> Generator:

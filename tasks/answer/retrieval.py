@@ -73,8 +73,9 @@ def check_model(index: Any, collection: str, settings: Settings) -> str:
     """The physical collection behind ``collection``, after checking its embedding model is ours."""
     physical = index.resolve(collection)
     if physical is None:
-        raise CollectionNotFoundError(f"no collection or alias {collection!r} at {index.uri}: "
-                                      "run `ragtune ingest` first")
+        raise CollectionNotFoundError(f"no collection or alias {collection!r} at {index.uri} (there: "
+                                      f"{_listed(index.names())}); `ragtune ingest SOURCE --collection "
+                                      f"{collection}` creates it")
     meta = index.index_meta(physical)
     name = query_embedder(settings).name
     if meta is None:
@@ -141,6 +142,13 @@ def _chunks(index: Any, collection: str, question: str, vector: Any, k: int, mod
     if mode == "bm25":
         return list(index.search_bm25(collection, question, k))
     return list(index.search_hybrid(collection, question, vector, k, max(answer.hybrid_candidates, k), answer.rrf_k))
+
+
+def _listed(names: list[str], most: int = 20) -> str:
+    if not names:
+        return "none yet"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _message(exc: Exception) -> str:

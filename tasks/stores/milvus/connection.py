@@ -14,7 +14,7 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from tasks.stores.milvus.errors import MilvusIndexError
-from tasks.stores.milvus.fields import META_PROPERTY, record_name
+from tasks.stores.milvus.fields import META_PROPERTY, RECORD_SUFFIX, record_name
 from tasks.types import IndexMeta
 
 log = logging.getLogger("tasks.stores.milvus")
@@ -76,6 +76,12 @@ class Connection:
             self._collections.add(name)
             return name
         return self.describe_alias(name)
+
+    def names(self) -> list[str]:
+        """Every name a search can be given here: aliases and chunk collections (their record collections left out)."""
+        aliases = self._c.list_aliases().get("aliases", [])
+        collections = [n for n in self._c.list_collections() if not n.endswith(RECORD_SUFFIX)]
+        return sorted({*aliases, *collections})
 
     def describe_alias(self, alias: str) -> str | None:
         if alias not in self._c.list_aliases().get("aliases", []):
