@@ -24,7 +24,8 @@ app = typer.Typer(
 
 @app.callback()
 def _connect_prefect() -> None:
-    """Runs before every command: flows report to the configured Prefect server, if any."""
+    """Runs before every command: flows report to the configured Prefect server, if any; telemetry is off
+    unless the environment turns it on (``tasks.runtime.process``, applied before Prefect is imported)."""
     import os
 
     from tasks.runtime.process import process_settings
