@@ -99,14 +99,18 @@ class ParserPool:
                      Connection(process.stdin.fileno(), readable=False))
 
     def _wait_ready(self, slot: _Slot, timeout_s: float = 300.0) -> None:
+        why = f"it did not start within {timeout_s:g} s"
         try:
-            if slot.inbox.poll(timeout_s) and slot.inbox.recv()[0] == "ready":
-                return
-        except (EOFError, OSError):
-            pass
+            if slot.inbox.poll(timeout_s):
+                message = slot.inbox.recv()
+                if message[0] == "ready":
+                    return
+                why = f"it sent {str(message)[:200]!r} instead of 'ready'"
+        except (EOFError, OSError) as exc:
+            why = f"its pipe closed ({type(exc).__name__}: something in it wrote to stdout, or it died)"
         self._kill(slot)
-        raise RuntimeError(f"a parser process did not start within {timeout_s:g} s "
-                           f"(exit code {slot.process.returncode}; memory bound {self.limits.memory_mb} MiB)")
+        raise RuntimeError(f"a parser process failed to start: {why} (exit code {slot.process.returncode}; "
+                           f"memory bound {self.limits.memory_mb} MiB; its errors are on stderr above)")
 
     @staticmethod
     def _kill(slot: _Slot) -> None:
