@@ -21,9 +21,10 @@ from deployments.params import ReleaseParams
 from flows.dataset import DatasetSummary, build_dataset
 from flows.finetune import FinetuneSummary, ModelComparison, finetune_model
 from flows.ingest import ingest_documents
-from flows.promote import PromotionResult, promote_release
+from flows.promote import promote_release
 from tasks.ingest.report import IngestReport
 from tasks.release.promotion import Candidate, GateConfig
+from tasks.release.result import PromotionResult
 from tasks.runtime.process import process_settings
 from tasks.training.curves import publish_training_curves
 

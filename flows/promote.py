@@ -7,71 +7,15 @@ switched. Run locally with ``python -m flows.promote --collection docs__g2 --che
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import Any
-
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.transactions import transaction
-from pydantic import BaseModel, Field
 
 from tasks.release import promotion as steps
-from tasks.release.gate import decide, decision_markdown
-from tasks.release.manifest import GateDecision, ReleaseManifest
+from tasks.release.promote_steps import evaluate_candidate, prune_releases, upload_release
+from tasks.release.result import PromotionResult
 from tasks.release.switch import switch_alias, switch_production, write_release
 from tasks.runtime.process import process_settings
 from tasks.settings import Settings
-
-
-def _absent(value: Any) -> bool:
-    return value is None
-
-
-class PromotionResult(BaseModel):
-    """What a promotion did; ``ragtune promote --json`` prints these keys.
-
-    A refusal changes nothing: ``unchanged``, ``forced`` and ``retention`` are then absent from the dump.
-    """
-
-    promoted: bool
-    unchanged: bool | None = Field(None, exclude_if=_absent, description="The candidate already was production.")
-    release_id: str | None
-    forced: bool | None = Field(None, exclude_if=_absent)
-    decision: GateDecision
-    retention: dict[str, Any] | None = Field(None, exclude_if=_absent, description="Retention's summary, or its error.")
-
-
-@task(name="evaluate-candidate", cache_policy=NO_CACHE)
-def evaluate_candidate(settings: Settings, candidate: steps.Candidate, gate: steps.GateConfig,
-                       current: steps.Production, force: bool) -> GateDecision:
-    """Candidate and production evaluated in this run; the decision and its reasons logged and shown."""
-    cand, prod = steps.evaluate(settings, candidate, gate, current)
-    decision = decide(cand, prod, settings.release.tolerances, force,
-                      current.pointer.release_id if current.pointer else None, steps.BASELINE)
-    for reason in decision.reasons:
-        get_run_logger().info("gate: %s", reason)
-    create_markdown_artifact(markdown=decision_markdown(decision), key="release-gate",
-                             description="promote_release gate decision")
-    return decision
-
-
-@task(name="upload-release", cache_policy=NO_CACHE)
-def upload_release(settings: Settings, candidate: steps.Candidate, current: steps.Production,
-                   decision: GateDecision) -> ReleaseManifest:
-    with tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="snapshot-") as work:
-        return steps.build_manifest(settings, candidate, current, decision, Path(work))
-
-
-@task(name="prune-releases", cache_policy=NO_CACHE)
-def prune_releases(settings: Settings) -> dict[str, Any]:
-    """Retention after a promotion; a failure here is reported, the promotion stands."""
-    try:
-        return steps.prune(settings)
-    except Exception as exc:  # noqa: BLE001 - the release is live; retention runs again next time
-        get_run_logger().warning("retention failed: %s", exc)
-        return {"error": str(exc)}
 
 
 @flow(name="promote-release")

@@ -17,11 +17,12 @@ from flows.evaluate_retrieval import BeirEvaluation, PageEvaluation, evaluate_be
 from flows.finetune import FinetuneSummary, ModelComparison, finetune_model
 from flows.ingest import ingest_documents
 from flows.pipeline import STAGES, PipelineResult, release_pipeline, stage_summary
-from flows.promote import PromotionResult, promote_release
+from flows.promote import promote_release
 from flows.reindex import reindex_document
 from ragtune.commands._common import emit
 from tasks.ingest.report import IngestReport, report_markdown
 from tasks.release.manifest import GateDecision
+from tasks.release.result import PromotionResult
 
 INGEST_KEYS = ["source", "collection", "added", "updated", "deleted", "unchanged", "quarantined", "quarantine",
                "still_quarantined", "skipped", "chunks_written", "chunks_reused", "seconds", "chunks_per_s",

@@ -130,8 +130,8 @@ def test_ingest_event_counts_changes_and_labels_release_worthiness() -> None:
 def test_stage_summaries_keep_what_a_person_reads() -> None:
     from flows.finetune import ModelComparison
     from flows.pipeline import STAGES, stage_summary
-    from flows.promote import PromotionResult
     from tasks.release.manifest import GateDecision
+    from tasks.release.result import PromotionResult
 
     evaluation = ModelComparison(base={"loss": 5.1, "too_long": 0, "token_f1": 0.14},
                                  candidate={"loss": 4.5, "token_f1": 0.1})

@@ -10,7 +10,7 @@ import typer
 from ragtune.commands._common import JsonOption, UserError, clear_errors, emit, subgroup
 
 if TYPE_CHECKING:
-    from flows.promote import PromotionResult
+    from tasks.release.result import PromotionResult
 
 REFUSED_EXIT = 3  # the gate refused the candidate: not an error, but scripts must be able to tell
 
