@@ -1,7 +1,9 @@
-"""The HTTP API: ``POST /ask`` (JSON, or NDJSON token stream), ``GET /healthz``, OpenAPI at ``/docs``.
+"""The HTTP API: ``POST /ask`` (JSON, or NDJSON token stream), ``GET /healthz``, OpenAPI at ``/docs``, and
+OpenAI's chat completions API (``/v1/chat/completions``, ``/v1/models``: ragtune/openai_api.py).
 
 Every failure is a JSON ``{"detail": ...}`` with a status code that says whose fault it is
-(4xx: the request; 503: Milvus; 500: a bug, logged server-side, never a traceback to the client).
+(4xx: the request; 503: Milvus or the inference engine down; 502: the engine refused; 500: a bug, logged
+server-side, never a traceback to the client).
 Generation is serialized per model (a CPU runs one generation at a time well); requests queue.
 """
 
@@ -15,10 +17,13 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from ragtune.openai_api import openai_error, openai_router, validation_message
 from tasks.runtime.process import start_process
 from tasks.settings import Settings, get_settings
 
@@ -57,6 +62,7 @@ class AskResponse(BaseModel):
     new_tokens: int
     context_truncated: bool
     note: str
+    engine: str
 
 
 class BodyLimit:
@@ -112,25 +118,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/ask", response_model=AskResponse, dependencies=[Depends(auth)],
               responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}})
     def ask_endpoint(request: AskRequest) -> Any:
-        stream = _start(settings, index, request)
+        stream = _start(settings, index, request.question, request.max_new_tokens, request.k, request.mode)
         if request.stream:
             return StreamingResponse(_ndjson(stream), media_type="application/x-ndjson")
         return stream.complete().to_dict()
 
+    app.include_router(openai_router(settings, lambda question, new: _start(settings, index, question, new), auth))
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
     return app
 
 
-def _start(settings: Settings, index: _IndexHolder, request: AskRequest) -> Any:
-    """Retrieve and build the prompt; map each expected failure to its status code."""
+def _start(settings: Settings, index: _IndexHolder, question: str, max_new_tokens: int | None,
+           k: int | None = None, mode: str | None = None) -> Any:
+    """Retrieve, build the prompt (and send it, on an engine); map each expected failure to its status code."""
     from tasks.answer import retrieval
     from tasks.answer.answering import QuestionError, ask
+    from tasks.answer.engine import EngineError, EngineUnavailableError
     from tasks.answer.prompting import PromptTooLongError
 
     try:
-        return ask(settings, request.question, request.k, request.mode, request.max_new_tokens, index.get())
+        return ask(settings, question, k, mode, max_new_tokens, index.get())
     except (QuestionError, PromptTooLongError) as exc:
         raise HTTPException(422, str(exc)) from None
+    except EngineUnavailableError as exc:
+        raise HTTPException(503, str(exc)) from None
+    except EngineError as exc:
+        raise HTTPException(502, str(exc)) from None
     except retrieval.CollectionNotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except retrieval.IndexUnavailableError as exc:
@@ -181,6 +196,16 @@ class _Bearer:
         given = credentials.credentials if credentials else ""
         if not secrets.compare_digest(given.encode(), self.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _http_error(request: Request, exc: Any) -> Any:
+    return openai_error(request, exc.status_code, str(exc.detail), exc.headers) or await http_exception_handler(
+        request, exc)
+
+
+async def _invalid(request: Request, exc: Any) -> Any:
+    return openai_error(request, 400, validation_message(exc)) or await request_validation_exception_handler(
+        request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -95,6 +95,20 @@ class AnswerSettings(BaseModel):
     port: int = Field(8000, description="Port `ragtune serve` binds.")
 
 
+class EngineSettings(BaseModel):
+    kind: str = Field("transformers", pattern="^(transformers|openai)$", description="What generates answers: "
+                      "transformers (the in-process generator) or openai (any OpenAI-compatible server: vLLM, "
+                      "llama.cpp's llama-server, TGI, Ollama, another `ragtune serve`) at engine.base_url.")
+    base_url: str = Field("", description="The engine's OpenAI API root, e.g. http://127.0.0.1:8080/v1 "
+                          "(engine.kind=openai).")
+    model: str = Field("", description="Model name the engine answers with when the production release names no "
+                       "served model (or none serves this collection); empty = the first of the engine's /v1/models.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer key the engine requires; empty = none.")
+    tokenizer: str = Field("", description="Tokenizer dir that measures the prompt budget for the engine's model; "
+                           "empty = the tokenizer of the model ragtune would serve in process (release or base).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds an engine request may take before it fails.")
+
+
 class DatasetSettings(BaseModel):
     max_seq_len: int = Field(1024, ge=64, description="Longest example in chat-rendered tokens; "
                              "longer ones fail the gate.")
@@ -173,6 +187,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     release: ReleaseSettings = ReleaseSettings()
     answer: AnswerSettings = AnswerSettings()
+    engine: EngineSettings = EngineSettings()
     dataset: DatasetSettings = DatasetSettings()
     ingest: IngestSettings = IngestSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()

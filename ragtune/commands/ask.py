@@ -68,7 +68,8 @@ def serve(
     port: int = typer.Option(None, "--port", help="Port (default: settings answer.port)."),
     collection: str = CollectionOption,
 ) -> None:
-    """Serve the HTTP API: POST /ask, GET /healthz, OpenAPI docs at /docs.
+    """Serve the HTTP API: POST /ask, GET /healthz, OpenAPI docs at /docs, and OpenAI's chat completions API
+    (POST /v1/chat/completions, GET /v1/models) for chat UIs and OpenAI SDKs.
 
     A collection named with --collection must exist when the server starts; the configured default may be
     ingested later (/healthz says 503 until then).
@@ -85,14 +86,31 @@ def serve(
     serving = resolve_serving(settings)
     if collection:
         _check_collection(settings, serving.collection)
-    serving_generator(serving, settings.answer)  # load before the first request, not during it
+    if serving.engine == "openai":
+        model = _check_engine(settings, serving.engine_model)
+    else:
+        serving_generator(serving, settings.answer)  # load before the first request, not during it
+        model = serving.model_name
     query_embedder(settings, frozen=True)  # traced once: 5-7 ms a question instead of 11-15
     token = settings.answer.api_token.get_secret_value()
     auth = "bearer token required" if token else "no auth (set RAGTUNE_ANSWER__API_TOKEN)"
-    typer.echo(f"serving {serving.collection} with {serving.model_name}; {auth}")
+    typer.echo(f"serving {serving.collection} with {model}; {auth}")
     if serving.note:
         typer.echo(f"note: {serving.note}")
     uvicorn.run(create_app(settings), host=host or settings.answer.host, port=port or settings.answer.port)
+
+
+def _check_engine(settings: Settings, name: str) -> str:
+    """The engine's model as it will answer, or a warning when the engine cannot be asked now (the API answers
+    503 until it can)."""
+    from tasks.answer.engine import EngineError, engine_client, engine_model
+
+    where = f"{name or 'its first model'} on the engine at {settings.engine.base_url}"
+    try:
+        return f"{engine_model(engine_client(settings.engine), name)} on the engine at {settings.engine.base_url}"
+    except EngineError as exc:
+        typer.secho(f"warning: {exc}", err=True, fg=typer.colors.YELLOW)
+        return where
 
 
 def _check_collection(settings: Settings, name: str) -> None:

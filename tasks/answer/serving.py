@@ -1,4 +1,4 @@
-"""What answers questions right now: which collection (alias) and which generator.
+"""What answers questions right now: which collection (alias), which generator, on which engine.
 
 The production release pointer binds an index generation and a checkpoint; a collection named by the
 caller (``settings.milvus.collection``: the configured default, or ``--collection``) decides whether that
@@ -8,11 +8,11 @@ binding applies. Everything that serves calls only ``resolve_serving``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.settings import Settings
+from tasks.settings import EngineSettings, Settings
 
 if TYPE_CHECKING:
     from tasks.release.cache import ProductionRelease
@@ -26,6 +26,8 @@ class Serving:
     model_name: str
     release_id: str | None = None
     note: str = ""  # why the production release does not serve this collection, when it does not
+    engine: str = "transformers"  # what generates: the in-process model, or "openai" (an OpenAI-compatible server)
+    engine_model: str = ""  # the model name requested from the engine ("" = the engine's first listed model)
 
 
 def resolve_serving(settings: Settings) -> Serving:
@@ -34,8 +36,25 @@ def resolve_serving(settings: Settings) -> Serving:
     from tasks.release.cache import production_release
     from tasks.runtime.sources import generator_source
 
-    return serving_for(production_release(settings), settings.milvus.collection,
-                       lambda: generator_source(settings.cache_dir, settings.models.generator))
+    release = production_release(settings)
+    serving = serving_for(release, settings.milvus.collection,
+                          lambda: generator_source(settings.cache_dir, settings.models.generator))
+    return on_engine(serving, release, settings.engine)
+
+
+def on_engine(serving: Serving, release: ProductionRelease | None, engine: EngineSettings) -> Serving:
+    """Where ``engine.kind`` is openai: the engine model that answers. The release's ``served_model`` when the
+    release serves this collection, else ``engine.model``; a release whose checkpoint has no served name is
+    answered by ``engine.model``, and the note says so (the engine was never told about that checkpoint)."""
+    if engine.kind != "openai":
+        return serving
+    served = release.manifest.served_model if release and serving.release_id else None
+    note = serving.note
+    if release and serving.release_id and release.manifest.model and not served:
+        note = "; ".join(n for n in (note, f"production release {release.release_id} names no served model: "
+                                     f"answered by the engine's {engine.model or 'first listed model'}") if n)
+    return replace(serving, model_name=served or engine.model, note=note, engine="openai",
+                   engine_model=served or engine.model)
 
 
 def serving_for(release: ProductionRelease | None, name: str, base: Callable[[], ModelSource]) -> Serving:

@@ -93,6 +93,9 @@ class ReleaseManifest(BaseModel):
     code_revision: str
     index: IndexRef | None = None
     model: CheckpointRef | None = None
+    served_model: str | None = Field(default=None, description="The name an OpenAI-compatible engine serves this "
+                                     "release's model under (a model, or a LoRA adapter the way vLLM and "
+                                     "llama-server name them); None = the engine's configured model.")
     dataset: DatasetRef | None = None
     gate: GateDecision
     forced: bool = False

@@ -49,6 +49,9 @@ class Candidate(BaseModel):
     alias: str = Field(default="", description="Serving alias of the generation; empty = settings' collection.")
     dataset_version: str | None = Field(default=None, description="Dataset version the checkpoint was trained on.")
     gx_success: bool | None = Field(default=None, description="Whether that dataset version passed its GX gate.")
+    served_model: str | None = Field(default=None, description="Name the OpenAI-compatible engine serves the "
+                                     "checkpoint under (model or LoRA adapter); empty = production's when the "
+                                     "checkpoint is production's, else the engine's configured model.")
 
 
 class GateConfig(BaseModel):
@@ -169,11 +172,15 @@ def build_manifest(settings: Settings, candidate: Candidate, current: Production
         raise ReleaseError("nothing to release: give a candidate collection and/or checkpoint")
     dataset = (DatasetRef(version=candidate.dataset_version, gx_success=candidate.gx_success)
                if candidate.dataset_version else (prod.dataset if prod else None))
-    content = "|".join([index.generation if index else "", _snapshot_id(index), model.checkpoint_id if model else ""])
+    same_model = prod is not None and prod.model is not None and model is not None and \
+        prod.model.checkpoint_id == model.checkpoint_id
+    served = candidate.served_model or (prod.served_model if same_model and prod else None)
+    content = "|".join([index.generation if index else "", _snapshot_id(index), model.checkpoint_id if model else "",
+                        *([served] if served else [])])
     manifest = ReleaseManifest(release_id=new_release_id(content), created=datetime.now(UTC),
                                parent=current.pointer.release_id if current.pointer else None,
-                               code_revision=code_revision(), index=index, model=model, dataset=dataset,
-                               gate=decision, forced=decision.forced)
+                               code_revision=code_revision(), index=index, model=model, served_model=served,
+                               dataset=dataset, gate=decision, forced=decision.forced)
     problems = verify_stored(store, manifest.stored_files())
     if problems:
         raise ReleaseError("release files do not verify on S3: " + "; ".join(problems))
@@ -203,7 +210,7 @@ def same_content(a: ReleaseManifest | None, b: ReleaseManifest) -> bool:
     if a is None:
         return False
     key = lambda m: (m.index.alias if m.index else "", m.index.generation if m.index else "",  # noqa: E731
-                     _snapshot_id(m.index), m.model.checkpoint_id if m.model else "")
+                     _snapshot_id(m.index), m.model.checkpoint_id if m.model else "", m.served_model)
     return key(a) == key(b)
 
 
@@ -243,7 +250,8 @@ def rollback_production(settings: Settings, target: str | None = None) -> dict[s
                            f"serving follows the pointer; `ragtune rollback {manifest.release_id}` repairs it") from exc
     return {"release_id": manifest.release_id, "previous": pointer.release_id,
             "collection": manifest.index.generation if manifest.index else None,
-            "checkpoint": manifest.model.checkpoint_id if manifest.model else None}
+            "checkpoint": manifest.model.checkpoint_id if manifest.model else None,
+            "served_model": manifest.served_model}
 
 
 def prune(settings: Settings, dry_run: bool = False) -> dict[str, Any]:
