@@ -4,6 +4,10 @@ Files parse in worker processes (``tasks.ingest.parser_pool``); this module is a
 ``python -m tasks.ingest.parsing``. Cheap checks refuse the obvious cases before any parser sees them.
 unstructured's spaCy model comes from a package, never a download (``tasks.ingest.spacy_model``).
 
+Text formats are decoded here, never by unstructured's guess (``tasks.ingest.encoding``), and the
+decoded text is what the partitioners see. Markdown flavours (MDX, Markdoc, Quarto) are cleaned to plain
+Markdown first (``tasks.ingest.markup``); AsciiDoc goes through pandoc's AsciiDoc reader to Markdown.
+
 PDF uses pdfminer directly: unstructured's ``partition_pdf`` imports its image stack (pi_heif,
 unstructured_inference) even for ``strategy="fast"``, and ragtune omits it.
 """
@@ -11,8 +15,10 @@ unstructured_inference) even for ``strategy="fast"``, and ragtune omits it.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -21,15 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from tasks.ingest import spacy_model
+from tasks.ingest.encoding import UndecodableText, decode_text
+from tasks.ingest.markup import MARKDOWN_FLAVOURS, page_markdown, split_front_matter
 from tasks.ingest.sphinx import autosummary_pages, myst_to_markdown
 
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")  # unstructured phones home on import otherwise
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 
 ZIP_FORMATS = {".docx", ".pptx", ".xlsx", ".odt", ".epub"}
-TEXT_FORMATS = {".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".tsv", ".html", ".htm", ".ipynb"}
+ASCIIDOC = (".adoc", ".asciidoc")
+TEXT_FORMATS = {".txt", ".text", *MARKDOWN_FLAVOURS, *ASCIIDOC, ".rst", ".csv", ".tsv", ".html", ".htm", ".ipynb"}
 SUPPORTED = ZIP_FORMATS | TEXT_FORMATS | {".pdf", ".eml", ".msg", ".rtf"}
-_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+# AsciiDoc's include:: would make pandoc read any local file into the index (pandoc runs sandboxed too).
+_ADOC_INCLUDE = re.compile(r"^include::.*$", re.M)
+_ADOC_TITLE = re.compile(r"^=[ \t]+\S", re.M)
+_GFM_ALERT = re.compile(r"^> \[!(\w+)\][ \t]*$", re.M)  # pandoc writes AsciiDoc's NOTE: as a GFM alert
 # unstructured's language detection (langdetect over each document's text, ~10 % of a Ray docs parse)
 # fills metadata.languages, which Element does not keep; [""] is its documented "skip".
 NO_LANGUAGE = [""]
@@ -57,7 +69,10 @@ class ParseError(Exception):
 
 
 def check_file(path: Path, suffix: str, limits: ParseLimits) -> None:
-    """Refuse what no parser should see: empty, oversized, mislabelled or inflating files."""
+    """Refuse what no parser should see: empty, oversized, mislabelled or inflating files.
+
+    A text file's encoding is checked when it is read (``read_text``): decoding is the check.
+    """
     size = path.stat().st_size
     if suffix not in SUPPORTED:
         raise ParseError(f"unsupported file type {suffix or '(no extension)'!r}")
@@ -67,8 +82,6 @@ def check_file(path: Path, suffix: str, limits: ParseLimits) -> None:
         raise ParseError(f"file too large ({size / 2**20:.1f} MiB > {limits.max_file_mb} MiB limit)")
     if suffix in ZIP_FORMATS:
         _check_zip(path, limits.max_unzipped_mb)
-    elif suffix in TEXT_FORMATS:
-        _check_text(path)
 
 
 def _check_zip(path: Path, max_unzipped_mb: int) -> None:
@@ -80,21 +93,11 @@ def _check_zip(path: Path, max_unzipped_mb: int) -> None:
         raise ParseError(f"zip bomb suspected: inflates to {inflated / 2**20:.0f} MiB (> {max_unzipped_mb} MiB)")
 
 
-def _check_text(path: Path) -> None:
-    with path.open("rb") as fh:
-        head = fh.read(65536)
-    if head.startswith(_BOMS) or head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
-        return  # UTF-16/32 with a BOM: NUL bytes are expected
-    control = sum(1 for b in head if b < 9 or 13 < b < 32)
-    if b"\x00" in head or control > len(head) * 0.05:
-        raise ParseError("binary content in a text file")
-
-
 def parse_file(path: Path, suffix: str, limits: ParseLimits = ParseLimits()) -> list[Element]:
     """Elements of one file; raises ``ParseError`` (the quarantine reason) when it yields no text."""
     check_file(path, suffix, limits)
     try:
-        elements = _parse_pdf(path) if suffix == ".pdf" else _partition(path, suffix)
+        elements = _elements(path, suffix)
     except ParseError:
         raise
     except MemoryError:
@@ -107,25 +110,81 @@ def parse_file(path: Path, suffix: str, limits: ParseLimits = ParseLimits()) -> 
     return elements
 
 
-def _partition(path: Path, suffix: str) -> list[Element]:
+def _elements(path: Path, suffix: str) -> list[Element]:
+    if suffix == ".pdf":
+        return _parse_pdf(path)
     spacy_model.apply_choice()
-    if suffix in (".ipynb", ".md", ".markdown"):
-        from unstructured.partition.md import partition_md
+    if suffix in TEXT_FORMATS:
+        return _partition_text(read_text(path), suffix)
+    return _project(_partitioner(suffix)(filename=str(path), languages=NO_LANGUAGE))
 
-        text = notebook_markdown(path.read_bytes()) if suffix == ".ipynb" else _read_text(path)
-        raw = partition_md(text=myst_to_markdown(text), languages=NO_LANGUAGE) if text.strip() else []
-    else:
-        raw = _partitioner(suffix)(filename=str(path), languages=NO_LANGUAGE)
-    elements = [Element(e.category, e.text, e.metadata.page_number or 0, e.metadata.category_depth) for e in raw]
+
+def read_text(path: Path) -> str:
+    """A text file's text, its encoding detected (``tasks.ingest.encoding``); raises ``ParseError``."""
+    try:
+        return decode_text(path.read_bytes()).text
+    except UndecodableText as exc:
+        raise ParseError(f"undecodable text: {exc}") from None
+
+
+def _partition_text(text: str, suffix: str) -> list[Element]:
+    """Decoded text through unstructured's partitioner for its format (Markdown for the flavours)."""
+    if suffix in MARKDOWN_FLAVOURS or suffix in ASCIIDOC or suffix == ".ipynb":
+        elements = _partition_markdown(markdown_source(text, suffix))
+    elif suffix in (".txt", ".text"):
+        elements = _untitled(_project(_partitioner(suffix)(text=text, languages=NO_LANGUAGE)))
+    elif suffix in (".html", ".htm"):
+        elements = _project(_partitioner(suffix)(text=text, languages=NO_LANGUAGE))
+    else:  # rst, csv and tsv partitioners take bytes only: the decoded text, as UTF-8
+        elements = _project(_partitioner(suffix)(file=io.BytesIO(text.encode()), languages=NO_LANGUAGE))
     if suffix in (".rst", ".md", ".markdown"):
-        elements += generated_page_elements(_read_text(path))
+        elements += generated_page_elements(text)
     return elements
 
 
-def _read_text(path: Path) -> str:
-    from unstructured.file_utils.encoding import read_txt_file
+def markdown_source(text: str, suffix: str) -> str:
+    """Plain Markdown for a Markdown-like file: notebooks' cells, AsciiDoc by pandoc, flavours cleaned."""
+    if suffix == ".ipynb":
+        return notebook_markdown(text)
+    return page_markdown(asciidoc_markdown(text) if suffix in ASCIIDOC else text, suffix).text
 
-    return read_txt_file(filename=str(path))[1]
+
+def _partition_markdown(markdown: str) -> list[Element]:
+    from unstructured.partition.md import partition_md
+
+    return _project(partition_md(text=myst_to_markdown(markdown), languages=NO_LANGUAGE)) if markdown.strip() else []
+
+
+def _untitled(elements: list[Element]) -> list[Element]:
+    """Plain text has no heading markup: when unstructured's guesses call every paragraph a title (they do
+    for Japanese and Chinese prose, with no spaces between words), the paragraphs are the body."""
+    if elements and all(e.type == "Title" for e in elements):
+        return [Element("NarrativeText", e.text, e.page) for e in elements]
+    return elements
+
+
+def _project(raw: Sequence[Any]) -> list[Element]:
+    return [Element(e.category, e.text, e.metadata.page_number or 0, e.metadata.category_depth) for e in raw]
+
+
+def asciidoc_markdown(text: str) -> str:
+    """AsciiDoc as GitHub Markdown, by pandoc's AsciiDoc reader (pandoc 3.8+).
+
+    The document title (``= Title``) comes out as front matter, sections one level down (``==`` is
+    ``##``): the title reaches chunks as a Markdown page's does. ``include::`` lines are dropped, as
+    Sphinx includes are: the included file is not this document, and may be any file on the machine.
+    """
+    import pypandoc
+
+    if "asciidoc" not in pypandoc.get_pandoc_formats()[0]:
+        raise ParseError(f"AsciiDoc needs pandoc 3.8+ (its AsciiDoc reader); this is {pypandoc.get_pandoc_version()}")
+    meta, body = split_front_matter(text)  # Jekyll-style sites put YAML front matter on .adoc pages too
+    if isinstance(meta.get("title"), str) and not _ADOC_TITLE.search(body):
+        body = f"= {meta['title']}\n\n{body}"
+    args = ["--standalone", "--wrap=none", "--shift-heading-level-by=1"]
+    markdown = pypandoc.convert_text(_ADOC_INCLUDE.sub("", body), "gfm", format="asciidoc", extra_args=args,
+                                     sandbox=True)
+    return _GFM_ALERT.sub(lambda m: f"> {m[1].capitalize()}:", markdown)
 
 
 def generated_page_elements(text: str) -> list[Element]:
@@ -156,7 +215,7 @@ def _partitioner(suffix: str) -> Any:
     return getattr(importlib.import_module(f"unstructured.partition.{module}"), name)
 
 
-def notebook_markdown(raw: bytes) -> str:
+def notebook_markdown(raw: str | bytes) -> str:
     """A Jupyter notebook as markdown: markdown cells as they are, code cells fenced."""
     cells = json.loads(raw).get("cells", [])
     parts = []

@@ -8,6 +8,7 @@ Real Milvus Lite, real parsers and model, the Prefect test harness (as tests/ing
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from tasks.stores.milvus import IndexClient
 pytestmark = pytest.mark.flow
 AS_ROOT = os.geteuid() == 0  # root reads a file whatever its mode: no unreadable file to make
 
-# name (bytes: any name the file system allows) -> text, and a question its text answers
-GOOD = {
+# name (bytes: any name the file system allows) -> text (str: written as UTF-8) or bytes, and a question it answers
+GOOD: dict[bytes, tuple[str | bytes, str]] = {
     b"walruses.md": ("# Walruses\n\nWalruses haul out on sea ice to rest.\n", "where do walruses rest"),
     b"notes.txt": ("Okapis have striped legs like a zebra.\n", "which animal has zebra legs"),
     b"caf\xe9.md": ("# Caf\xe9\n\nThe espresso grinder hums before dawn.\n", "espresso grinder noise"),
@@ -28,6 +29,11 @@ GOOD = {
     b"two\nlines.md": ("# Lines\n\nNarwhals carry a single spiral tusk.\n", "narwhal spiral tusk"),
     "ünïcödé.md".encode(): ("# Unicode\n\nAxolotls regrow their lost limbs.\n", "axolotl limb regrowth"),
     b"sub/deep.md": ("# Deep\n\nTardigrades survive the vacuum of space.\n", "tardigrade vacuum survival"),
+    b"utf16.txt": ("Dugongs graze on seagrass meadows at night.\n".encode("utf-16"), "what do dugongs eat"),
+    b"legacy.md": ("# R\xe9sum\xe9\n\nThe caf\xe9's na\xefve barista spilled cr\xe8me br\xfbl\xe9e worth 5 \u20ac.\n"
+                   .encode("cp1252"), "barista spilled creme brulee"),
+    b"sub/gecko.mdx": ("---\ntitle: Gecko care\n---\nimport Note from './note';\n\n<Note type=\"tip\">Geckos lick "
+                       "their own eyeballs to clean them.</Note>\n", "gecko licks its eyes clean"),
 }
 QUARANTINED = {  # name -> the start of its quarantine reason
     "empty.md": "empty file",
@@ -36,6 +42,7 @@ QUARANTINED = {  # name -> the start of its quarantine reason
     "junk.pdf": "pdf parser failed",
     "data.xyz": "unsupported file type '.xyz'",
     "huge.txt": "file too large",
+    "binary.txt": "undecodable text: no encoding decodes it",
 }
 SKIPPED = {"hidden": 2, "symlink": 4, "special file": 1, **({} if AS_ROOT else {"unreadable": 1})}
 
@@ -55,12 +62,13 @@ def write_corpus(src: Path, outside: Path) -> None:
     """Good documents with arbitrary names, documents that cannot be indexed, entries that are not documents."""
     (src / "sub").mkdir(parents=True)
     for name, (text, _) in GOOD.items():
-        (src / os.fsdecode(name)).write_text(text)
+        (src / os.fsdecode(name)).write_bytes(text if isinstance(text, bytes) else text.encode())
     (src / "empty.md").write_bytes(b"")
     (src / "blank.md").write_text("   \n\n\t\n")
     (src / "heading-only.md").write_text("# Just a heading\n")
     (src / "junk.pdf").write_bytes(os.urandom(20_000))
     (src / "data.xyz").write_text("a format no parser knows\n")
+    (src / "binary.txt").write_bytes(random.Random(21).randbytes(30_000))
     with (src / "huge.txt").open("wb") as fh:
         fh.truncate(33 * 2**20)  # sparse: over the 32 MiB default bound at no disk cost
     (src / ".hidden.md").write_text("# Hidden\n\nHidden marmots whistle.\n")
