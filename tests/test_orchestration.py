@@ -28,7 +28,7 @@ from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = {"ingest-documents", "reindex-document", "build-dataset", "finetune-model", "finetune-model-gpu",
-               "promote-release", "release-pipeline"}
+               "promote-release", "release-pipeline", "compare-approaches"}
 
 
 class Webhook(BaseHTTPRequestHandler):

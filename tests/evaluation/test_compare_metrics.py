@@ -115,3 +115,39 @@ def test_paired_bootstrap_intervals() -> None:
     assert m.paired_bootstrap([], [], m.mean) is None
     with pytest.raises(ValueError, match="same questions"):
         m.paired_bootstrap([1.0], [1.0, 0.0], m.mean)
+
+
+# -- an arm's summary, the winner, the report ---------------------------------------------------------
+def rec(f1: float | None, *, answerable: bool = True, abstained: bool = False, label: str | None = None,
+        predicted: str | None = None, recall: bool | None = None, seconds: float = 1.0) -> dict[str, object]:
+    return {"id": "x", "prediction": "", "answerable": answerable, "abstained": abstained, "em": f1, "f1": f1,
+            "label": label, "predicted_label": predicted, "recall": recall, "citation_valid": None, "supported": None,
+            "prompt_tokens": 10, "seconds": seconds}
+
+
+def test_summary_winner_and_report() -> None:
+    from tasks.compare.report import ArmResult, Comparison, markdown, pick_winner
+    from tasks.compare.scores import differences, primary_metric, summarize
+
+    rag = [rec(1.0, recall=True, seconds=1), rec(0.0, recall=False, seconds=2), rec(0.0, seconds=3),
+           rec(None, answerable=False, abstained=True, seconds=4)]
+    raft = [rec(1.0, seconds=1), rec(1.0, seconds=1), rec(0.5, seconds=1),
+            rec(None, answerable=False, abstained=False, seconds=5)]
+    s = summarize(rag)
+    assert (s["f1"], s["recall_at_k"], s["abstention_accuracy"], s["no_answer_f1"]) == (1 / 3, 0.5, 1.0, 1.0)
+    assert (s["latency_p50_s"], s["latency_p95_s"], s["prompt_tokens"]) == (2.5, pytest.approx(3.85), 10)
+    assert summarize(raft)["no_answer_f1"] == 0.0 and summarize(raft)["label_accuracy"] is None
+    assert primary_metric(rag) == "f1"
+    assert primary_metric([rec(1.0, label="yes", predicted="no"), rec(1.0)]) == "label_accuracy"
+    vs = differences(raft, rag, resamples=200)
+    assert vs["f1"]["delta"] == pytest.approx(2.5 / 3 - 1 / 3) and vs["abstention_accuracy"]["delta"] == -1.0
+    winner = pick_winner({"rag": rag, "raft": raft}, "f1")
+    assert winner is not None and (winner.arm, winner.runner_up) == ("raft", "rag")
+    assert winner.margin == pytest.approx(0.5) and winner.low is not None and winner.low <= 0.5 <= (winner.high or 0)
+    arms = {n: ArmResult(model=n, retrieval=True, scores=summarize(r), cost={"train_s": 0.0, "train_tokens": 0},
+                         vs_baseline=differences(r, rag, resamples=50) if n != "rag" else {})
+            for n, r in (("rag", rag), ("raft", raft))}
+    text = markdown(Comparison(questions=4, train_questions=9, collection="c", baseline="rag", primary_metric="f1",
+                               arms=arms, winner=winner, seconds=1.0))
+    assert "**Winner: raft** (token F1 0.833), ahead of rag by +0.500" in text
+    assert "| raft | 0.833 | 0.833 |" in text and "| raft | +0.500 [" in text
