@@ -67,28 +67,35 @@ def answer_one(model: Any, tokenizer: Any, row: QARow, context: Context | None, 
         prompt = build_prompt(tokenizer, row.question, context.hits, budget)
         text, sources = prompt.text, prompt.sources
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    answer = greedy(model, tokenizer, ids, max_new_tokens)
+    answer, first = greedy(model, tokenizer, ids, max_new_tokens)
     seconds = time.perf_counter() - started + (context.seconds if context else 0.0)
-    logprobs = option_logprobs(model, tokenizer, ids, options) if row.label is not None and options else {}
+    logprobs = option_logprobs(model, tokenizer, ids, options, first) if row.label is not None and options else {}
     return Reply(answer, len(ids), seconds, list(sources), logprobs)
 
 
-def greedy(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -> str:
+def greedy(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -> tuple[str, Any]:
+    """The greedy answer, and the log-probabilities of its first token (the prompt's last position)."""
     import torch
 
     inputs = torch.tensor([ids], device=model.device)
     with torch.inference_mode():
         out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
-                             do_sample=False, temperature=None, top_p=None, top_k=None,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-    return str(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)).strip()
+                             do_sample=False, temperature=None, top_p=None, top_k=None, output_logits=True,
+                             return_dict_in_generate=True, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.eos_token_id)
+    text = str(tokenizer.decode(out.sequences[0, len(ids):], skip_special_tokens=True)).strip()
+    return text, out.logits[0][0].float().log_softmax(-1)
 
 
-def option_logprobs(model: Any, tokenizer: Any, ids: list[int], options: list[str]) -> dict[str, float]:
-    """log P(option | prompt), summed over the option's tokens; the options in one right-padded batch."""
+def option_logprobs(model: Any, tokenizer: Any, ids: list[int], options: list[str],
+                    first: Any = None) -> dict[str, float]:
+    """log P(option | prompt), summed over the option's tokens. Options of one token each are read from the
+    answer's first-token distribution (``first``: no extra pass); longer ones take one right-padded batch."""
     import torch
 
     encoded = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    if first is not None and all(len(e) == 1 for e in encoded):
+        return {option: float(first[e[0]]) for option, e in zip(options, encoded, strict=True)}
     width = len(ids) + max(len(e) for e in encoded)
     pad = tokenizer.eos_token_id
     batch = torch.tensor([ids + e + [pad] * (width - len(ids) - len(e)) for e in encoded], device=model.device)

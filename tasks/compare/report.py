@@ -50,6 +50,8 @@ class Comparison(BaseModel):
     primary_metric: str
     arms: dict[str, ArmResult]
     winner: Winner | None
+    hybrid_vs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="raft minus each other arm on "
+                                                 "the primary metric: delta, low, high (95 % paired bootstrap), n.")
     seconds: float
 
 
@@ -99,6 +101,9 @@ def markdown(result: Comparison) -> str:
                                         [[n, *(_fmt(a.scores.get(k, a.cost.get(k))) for k in COST)]
                                          for n, a in arms.items()]),
              "", f"## Difference against {result.baseline} (95 % paired-bootstrap interval; * excludes 0)", ""]
+    if result.hybrid_vs:
+        lines += [f"raft against each arm on {LABELS[result.primary_metric]}: "
+                  + "; ".join(f"{n} {_interval(d)}" for n, d in result.hybrid_vs.items()), ""]
     shown = [k for k in QUALITY if any(k in a.vs_baseline for a in arms.values())]
     lines += _table(["arm", *(LABELS[k] for k in shown)],
                     [[n, *(_interval(a.vs_baseline.get(k)) for k in shown)] for n, a in arms.items()

@@ -13,10 +13,11 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.compare.answers import Context
 from tasks.compare.arms import BASELINE, Arm, TrainedModel, Training, retrieve_contexts, train_or_reuse
+from tasks.compare.metrics import paired_bootstrap
 from tasks.compare.qa import QAFileError, QARow, label_set, load_qa, split_rows
 from tasks.compare.recipes import closed_book_rows, count_tokens, fingerprint, holdout, raft_rows, write_dataset
 from tasks.compare.report import ArmResult, Comparison, chart_png, markdown, pick_winner
-from tasks.compare.scores import Record, differences, primary_metric, score_reply, summarize
+from tasks.compare.scores import STATISTICS, Record, differences, primary_metric, score_reply, summarize
 from tasks.settings import Settings
 
 HELD_OUT_SHARE = 0.1  # of the training questions (whole groups): the training script's eval loss, never test
@@ -99,10 +100,19 @@ def assemble(records: dict[str, list[Record]], arms: list[Arm], models: dict[str
         results[arm.name] = ArmResult(model=models[arm.name], retrieval=arm.rag, scores=summarize(records[arm.name]),
                                       cost=cost, vs_baseline=vs)
     metric = primary_metric(records[BASELINE])
-    first = records[BASELINE]
-    return Comparison(questions=len(first), train_questions=train_questions, collection=collection,
+    return Comparison(questions=len(records[BASELINE]), train_questions=train_questions, collection=collection,
                       baseline=BASELINE, primary_metric=metric, arms=results, winner=pick_winner(records, metric),
-                      seconds=round(seconds, 1))
+                      hybrid_vs=hybrid_differences(records, metric), seconds=round(seconds, 1))
+
+
+def hybrid_differences(records: dict[str, list[Record]], metric: str) -> dict[str, dict[str, Any]]:
+    """The hybrid (raft) against every other arm on the primary metric: the issue's bar is >= RAG only + 5
+    points and >= fine-tuning only + 5 points, each interval excluding 0."""
+    if "raft" not in records:
+        return {}
+    pairs = {arm: paired_bootstrap(records["raft"], rs, STATISTICS[metric]) for arm, rs in records.items()
+             if arm != "raft"}
+    return {arm: d.as_dict() for arm, d in pairs.items() if d is not None}
 
 
 @task(name="publish-comparison", cache_policy=NO_CACHE)

@@ -137,6 +137,7 @@ def check_scores(result: Comparison) -> None:
     assert result.arms["rag"].scores["recall_at_k"] == 1.0  # three sourced questions, each naming its document
     assert result.arms["rag"].scores["prompt_tokens"] > result.arms["base"].scores["prompt_tokens"]
     assert result.winner is not None and result.winner.arm in result.arms
+    assert set(result.hybrid_vs) == set(result.arms) - {"raft"}
     assert markdown(result).count("\n| ") >= 15 and chart_png(result).startswith(b"\x89PNG")
 
 
@@ -149,3 +150,19 @@ def test_cli_names_the_bad_row_before_any_flow_starts(tmp_path: Path) -> None:
     assert out.exit_code == 1 and "unknown arm(s) magic" in out.output
     out = CliRunner().invoke(app, ["compare", str(bad)])
     assert out.exit_code == 1 and "--docs" in out.output
+
+
+def test_option_likelihoods_from_the_first_token_match_a_forward_pass(tiny_model: Path) -> None:
+    from tasks.compare.answers import greedy, option_logprobs
+    from tasks.training.scoring import load_model
+
+    model, tokenizer = load_model(tiny_model)
+    ids = tokenizer("<|im_start|>user\nIs it?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)[
+        "input_ids"]
+    _, first = greedy(model, tokenizer, ids, 3)
+    options = ["yes", "no", "maybe"]
+    fast, batched = option_logprobs(model, tokenizer, ids, options, first), option_logprobs(model, tokenizer, ids,
+                                                                                           options)
+    assert fast == pytest.approx(batched, abs=1e-4)
+    longer = option_logprobs(model, tokenizer, ids, ["yes indeed", "no"], first)  # two tokens: the batched pass
+    assert longer["no"] == pytest.approx(batched["no"], abs=1e-4) and longer["yes indeed"] < batched["yes"]
