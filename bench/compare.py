@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--corpus", choices=("all", "used"), default="all")
     parser.add_argument("--collection", default="")
     args = parser.parse_args()
+    # as the CLI does: Prefect's ephemeral API gets 20 s to start, too few on two busy cores
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
     from flows.compare import compare_approaches
     from tasks.compare.report import markdown
