@@ -7,9 +7,12 @@ CORPUS_DIR defaults to the Ray docs (../shared/data/ray_docs_qa/docs). Every mea
 process talking to one Prefect API (a temporary server started here), so the re-run proves the
 record persists and no step pays for an in-process cache:
 
-1. first ingestion of the corpus (end-to-end chunks/s, seconds per stage);
-2. raw throughput of ``SentenceTransformer.encode`` (default settings, batch 32) on the same chunk
-   texts (a uniform random sample of ``--raw-sample`` of them; 0 = all), in its own process;
+0. the embedder prepared once, as on a new host (ONNX export and int8 quantization into the cache, the
+   "auto" backend measured and remembered): ``embedder_prepare_s``, not part of the runs below;
+1. first ingestion of the corpus (end-to-end chunks/s, seconds per stage, the backend that ran);
+2. raw throughput of ``SentenceTransformer.encode`` (default settings, batch 32, PyTorch fp32 on the CPU)
+   on the same chunk texts (a uniform random sample of ``--raw-sample`` of them; 0 = all), in its own process;
+   with ``--backends``, ragtune's Embedder on the same texts with each backend, one process each;
 3. an unchanged re-run: ``rerun_share`` = its time / the first run's time;
 4. one document changed: time from its change event to the changed text being searchable, in a
    warm process (model and parsers loaded, as a long-lived worker holds them) and a cold one, on an
@@ -49,6 +52,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="Instead: sharded ingestion, --shards N on N process "
                         "workers against one worker and an unsharded run (bench/shards.py).")
     parser.add_argument("--docs", type=int, default=200, help="With --workers: the corpus' first N files.")
+    parser.add_argument("--backends", action="store_true", help="Also: chunks/s of each embedding backend on the "
+                        "raw baseline's texts.")
+    parser.add_argument("--backend", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
         print(json.dumps(STEPS[args.step](args)), flush=True)
@@ -73,8 +79,11 @@ def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     shutil.copytree(corpus, work)
     with prefect_test_harness(server_startup_timeout=180):
         env = {**os.environ, "RAGTUNE_DATA_DIR": str(data), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        prepared = _step("prepare", work, env, args)
         first = _step("ingest", work, env, args)
         raw = _step("raw", work, env, args)
+        backends = {b: _step("embed", work, env, args, b) for b in ("torch", "onnx", "onnx-int8")} \
+            if args.backends else {}
         rerun = _step("ingest", work, env, args)
         _step("pad", work, env, args)
         warm = _step("event", work, env, args)
@@ -86,6 +95,8 @@ def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "seconds": first["seconds"], "stage_seconds": r["seconds"], "chunks_per_s": round(e2e, 2),
         "raw_encode_chunks_per_s": round(raw["chunks_per_s"], 2), "raw_encode_sample": raw["texts"],
         "ratio_vs_raw_encode": round(e2e / raw["chunks_per_s"], 3),
+        "embedding_backend": (r["embedding"] or {}).get("backend"), "embedder_prepare_s": prepared["seconds"],
+        "backend_chunks_per_s": {b: round(x["chunks_per_s"], 2) for b, x in backends.items()},
         "embedding": r["embedding"], "rerun_seconds": rerun["seconds"],
         "rerun_share": round(rerun["seconds"] / first["seconds"], 4),
         "rerun_unchanged": rerun["report"]["unchanged"], "index_chunks": warm["index_chunks"],
@@ -94,9 +105,9 @@ def run_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     }
 
 
-def _step(name: str, corpus: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+def _step(name: str, corpus: Path, env: dict[str, str], args: argparse.Namespace, backend: str = "") -> dict[str, Any]:
     argv = [sys.executable, __file__, str(corpus), "--step", name, "--raw-sample", str(args.raw_sample),
-            "--index-chunks", str(args.index_chunks)]
+            "--index-chunks", str(args.index_chunks), "--backend", backend]
     done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"step {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -114,22 +125,51 @@ def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
             "report": report.model_dump(mode="json", exclude={"quarantine"})}
 
 
+def step_prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """The embedder as a new host first builds it: exports, quantization, the "auto" measurement (cached)."""
+    from tasks.ingest.plan import embedder
+    from tasks.settings import get_settings
+
+    start = time.perf_counter()
+    emb = embedder(get_settings())
+    return {"seconds": round(time.perf_counter() - start, 3), "backend": emb.backend, "calibration": emb.calibration}
+
+
 def step_raw(args: argparse.Namespace) -> dict[str, Any]:
-    """Plain SentenceTransformer.encode, default settings (its own threads), batch 32, same chunk texts."""
+    """Plain SentenceTransformer.encode, default settings (its own threads), batch 32, PyTorch fp32 on the CPU,
+    same chunk texts: the baseline, whatever backend ragtune runs."""
     from tasks.runtime.loading import load_embedder
+
+    texts = _sample(args)
+    model = load_embedder(device="cpu")
+    start = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    seconds = time.perf_counter() - start
+    return {"texts": len(texts), "seconds": round(seconds, 3), "chunks_per_s": len(texts) / seconds}
+
+
+def step_embed(args: argparse.Namespace) -> dict[str, Any]:
+    """ragtune's Embedder with one backend on the raw baseline's texts (batch 64, threads following the cores)."""
+    from tasks.ingest.embedding import Embedder
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    texts = _sample(args)
+    emb = Embedder(settings.models, cache_dir=settings.cache_dir, backend=args.backend)
+    start = time.perf_counter()
+    emb.encode(texts, settings.ingest.embed_batch_size)
+    seconds = time.perf_counter() - start
+    return {"texts": len(texts), "seconds": round(seconds, 3), "chunks_per_s": len(texts) / seconds}
+
+
+def _sample(args: argparse.Namespace) -> list[str]:
     from tasks.settings import get_settings
     from tasks.stores.milvus import IndexClient
 
     settings = get_settings()
     with IndexClient.from_settings(settings) as index:
         texts = [r["text"] for batch in index.iter_rows(settings.milvus.collection, fields=["text"]) for r in batch]
-    if args.raw_sample:
-        texts = random.Random(0).sample(texts, min(args.raw_sample, len(texts)))
-    model = load_embedder()
-    start = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    seconds = time.perf_counter() - start
-    return {"texts": len(texts), "seconds": round(seconds, 3), "chunks_per_s": len(texts) / seconds}
+    return random.Random(0).sample(texts, min(args.raw_sample, len(texts))) if args.raw_sample else texts
 
 
 def step_pad(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,8 +225,8 @@ def step_event(args: argparse.Namespace, warm: bool = True) -> dict[str, Any]:
             "process_s": round(time.perf_counter() - start_process, 3)}
 
 
-STEPS = {"ingest": step_ingest, "raw": step_raw, "pad": step_pad, "event": step_event,
-         "event-cold": lambda a: step_event(a, warm=False)}
+STEPS = {"prepare": step_prepare, "ingest": step_ingest, "raw": step_raw, "embed": step_embed, "pad": step_pad,
+         "event": step_event, "event-cold": lambda a: step_event(a, warm=False)}
 
 if __name__ == "__main__":
     main()

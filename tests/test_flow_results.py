@@ -95,7 +95,8 @@ def test_ingest_report_keys() -> None:
     data = dumped(ingest_report())
     assert list(data) == INGEST_KEYS
     assert list(data["quarantine"][0]) == ["uri", "reason", "doc_id"]
-    assert list(data["embedding"]) == ["bf16", "threads", "passes_by_threads", "calibration"]
+    assert list(data["embedding"]) == ["backend", "device", "precision", "bf16", "threads", "passes_by_threads",
+                                       "calibration"]
     assert data["embedding"]["passes_by_threads"] == {"2": 3}
     assert dumped(ingest_report(embedding=None))["embedding"] is None
     markdown = report_markdown(ingest_report())

@@ -16,7 +16,7 @@ from tasks.settings import AnswerSettings, Settings
 from tasks.types import Hit
 
 MODES = ("dense", "bm25", "hybrid")
-_EMBEDDERS: dict[str, Any] = {}
+_EMBEDDERS: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -42,31 +42,28 @@ class Retrieval:
 
 
 def query_embedder(settings: Settings, frozen: bool = False) -> Any:
-    """The ingestion path's Embedder (same model, pooling, normalisation), loaded once per process and model.
+    """The ingestion path's Embedder (same model, prompts, pooling, normalisation, backend choice), loaded once
+    per process and model settings, on the answering thread (``tasks.runtime.torch_thread.on_torch_thread``),
+    where ``encode_queries`` runs it. Full precision on a GPU (one short question gains nothing from half).
 
-    fp32: bf16 autocast can pay off on batches, but not for one short query.
-    ``frozen``: also trace and freeze it for single questions (``Embedder.freeze_for_queries``: under a
-    second once, then about half the eager time a question; docs/retrieval.md): for processes that
-    answer many questions (`ragtune serve`); a one-question process (`ragtune ask`) gains nothing from
-    it. Loaded and frozen on the answering thread (``tasks.runtime.torch_thread.on_torch_thread``), where
-    ``encode_queries`` runs it.
+    ``frozen``: accepted for callers of the retired TorchScript path; ONNX Runtime's session already encodes
+    a question in a third of eager PyTorch's time (docs/ingestion.md).
     """
     from tasks.ingest.embedding import Embedder
     from tasks.runtime.torch_thread import on_torch_thread
 
-    key = settings.models.embedding
+    m = settings.models
+    key = (m.embedding, m.device, m.embedding_backend, m.torch_threads, settings.cache_dir)
     with _LOCK:
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = on_torch_thread(Embedder, settings.models, bf16=False)
-        if frozen:
-            on_torch_thread(_EMBEDDERS[key].freeze_for_queries)
+            _EMBEDDERS[key] = on_torch_thread(Embedder, m, bf16=False, cache_dir=settings.cache_dir)
         return _EMBEDDERS[key]
 
 
 def encode_queries(settings: Settings, texts: list[str]) -> Any:
-    """Unit query vectors (numpy float32), with the configured embedding model (``Embedder.encode`` runs on
-    the answering thread)."""
-    return query_embedder(settings).encode(texts)
+    """Unit query vectors (numpy float32; the model's query prompt, if it has one), with the configured
+    embedding model (``Embedder.encode_queries`` runs on the answering thread)."""
+    return query_embedder(settings).encode_queries(texts)
 
 
 def check_model(index: Any, collection: str, settings: Settings) -> str:
@@ -77,12 +74,14 @@ def check_model(index: Any, collection: str, settings: Settings) -> str:
                                       f"{_listed(index.names())}); `ragtune ingest SOURCE --collection "
                                       f"{collection}` creates it")
     meta = index.index_meta(physical)
-    name = query_embedder(settings).name
     if meta is None:
         raise RetrievalError(f"{physical} records no embedding model: it was not built by ragtune")
-    if meta.embedding_model != name:
-        raise RetrievalError(f"{physical} was built with embedding model {meta.embedding_model!r}, "
-                             f"but queries would be encoded with {name!r}: set RAGTUNE_MODELS__EMBEDDING to it")
+    encoder = query_embedder(settings)
+    why = meta.encoder_mismatch(encoder.name, encoder.dim, encoder.backend, encoder.precision)
+    if why:
+        raise RetrievalError(f"{physical} cannot be searched with these queries: {why}. Set "
+                             "RAGTUNE_MODELS__EMBEDDING to the model it was built with, or rebuild it "
+                             "(ragtune ingest --rebuild)")
     return physical
 
 

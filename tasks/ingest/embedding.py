@@ -1,200 +1,257 @@
-"""Embedding fast path: one model load per run, bf16 autocast, length-sorted batches, normalized.
+"""Embedding: any sentence-transformers model, on a GPU or the fastest CPU backend measured, length-bucketed.
 
-bf16 autocast on an AVX-512 bf16 CPU is much faster than fp32 on some hosts and slower on others,
-or on the same host under contention (docs/ingestion.md). So the choice is measured
-(``_bf16_pays_off``), not assumed -- once, on the first call with enough texts to pay for it: a
-one-document re-index embeds a handful of chunks, and a cold process should not spend seconds timing
-both paths for them. Batches of similar token length waste no padding; torch threads never exceed
-the free cores (more threads than free cores is ruinous on a busy machine), re-measured before every
-forward pass: a run's parser processes take cores while they parse and give them back when they are done.
+The model is sentence-transformers' own (``SentenceTransformer`` from its folder): pooling, normalisation,
+extra modules and the prompts its config names (``query: `` / ``passage: ``...) are the library's, and
+documents and questions go through ``encode_document`` / ``encode_query``. What the library does not do
+stays here: batches of similar token length capped by padded tokens (``_batches``), torch and ONNX Runtime
+threads that never exceed the free cores, re-measured between passes (a run's parser processes take
+cores while they parse and give them back), and the choice of backend.
 
-Queries (``freeze_for_queries``): one question is ~20 tokens, and eager PyTorch spends its time on
-~300 small ops, 37 of them GEMMs that MKL runs at under half its large-matrix rate. The same network
-traced, frozen and optimised for inference (TorchScript: constant weights, linears pre-packed for
-oneDNN) encodes it in about half the time, with vectors equal to the eager ones up to float rounding
-(checked on every freeze). MKL-packed weights in eager mode, ``torch.compile`` with freezing and
-bf16/fp16 weights were measured and dropped (docs/retrieval.md, the query path).
+Backends on a CPU (``models.embedding_backend``): PyTorch fp32, the same network exported to ONNX Runtime in
+fp32, or dynamically quantized to int8 (tasks.runtime.loading.onnx_network; exported once into the cache).
+Each is checked against PyTorch fp32 on probe sentences when it loads (``_MIN_COSINE``: int8 moves vectors,
+fp32 ONNX only rounds them); "auto" keeps the fastest of those that pass on a realistic batch, measured
+once per host and model and remembered in the cache (a cold one-document re-index must not time three
+backends). On CUDA the model runs in PyTorch, bf16 or fp16.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
+import os
+import platform
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tasks.runtime.cpu import CpuGauge, configure_torch, cpu_has_bf16, threads_beside
-from tasks.runtime.loading import load_encoder
+from tasks.runtime.cpu import CpuGauge, configure_torch, threads_beside
+from tasks.runtime.loading import (
+    BACKENDS,
+    EmbeddingDeviceError,
+    embedding_cache,
+    load_embedder,
+    onnx_network,
+    resolve_device,
+)
 from tasks.runtime.sources import embedding_source
 from tasks.runtime.torch_thread import on_torch_thread
 from tasks.settings import ModelSettings
 
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
-_CALIBRATE_MIN_TEXTS = 256  # fewer texts than this are embedded in fp32 without measuring bf16
-_FROZEN_TOLERANCE = 1e-4  # largest |frozen - eager| accepted on the probe batch (measured: ~2e-6)
+# least cosine to PyTorch fp32 over the probe sentences: fp32 ONNX only rounds; int8 measured 0.991-0.995 on them
+# (0.96 on a two-letter text: short texts move most) and SciFact's nDCG@10 moved by docs/ingestion.md's figure
+_MIN_COSINE = {"onnx": 0.9999, "onnx-int8": 0.985}
+PRECISION = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
 log = logging.getLogger(__name__)
 
 
 class Embedder:
-    """The embedding model, loaded once, with the fast path; vectors are float32 and unit length."""
+    """The embedding model, loaded once; vectors are float32 and unit length, in the order of the texts."""
 
-    def __init__(self, models: ModelSettings, bf16: bool | None = None, threads: int | None = None):
-        import torch
-
+    def __init__(self, models: ModelSettings, bf16: bool | None = None, threads: int | None = None,
+                 cache_dir: Path | None = None, backend: str | None = None):
+        """``bf16=False``: no half precision on CUDA either. ``cache_dir``: where ONNX exports and the "auto"
+        choice live; without one only PyTorch runs. ``backend`` overrides ``models.embedding_backend``."""
         fixed = models.torch_threads if threads is None else threads
         self.threads = configure_torch(fixed)
         self._gauge = CpuGauge() if not fixed else None  # auto: threads follow the free cores, pass by pass
         self.passes_by_threads: Counter[int] = Counter()
         source = embedding_source(models.embedding)
-        self.name = source.name
-        encoder = load_encoder(models.embedding)
-        self.transformer = encoder.model
+        self.name, self._dir, self._cache_dir = source.name, source.path, cache_dir
+        self.device = resolve_device(models.device)
+        self.model = load_embedder(models.embedding, self.device)
+        self.tokenizer = self.model.tokenizer
+        self.max_length = int(self.model.max_seq_length or self.tokenizer.model_max_length)
+        self.dim = int(self.model.get_embedding_dimension() or 0)
         self.calibration: dict[str, float] = {}
-        self.tokenizer = encoder.tokenizer
-        self.max_length = encoder.max_length
-        self.dim = encoder.dim
-        self._torch = torch
-        self.bf16 = bf16 if bf16 is not None else _bf16_undecided(models)
-        self._frozen: Any = None  # the traced encoder (freeze_for_queries), used instead of the eager one
+        self.agreement: dict[str, float] = {}  # least cosine of each loaded backend to PyTorch fp32
+        self._transformer: Any = self.model[0]
+        self._networks: dict[str, Any] = {"torch": self._transformer.model}
+        if self.device != "cpu":
+            self.backend, self.precision = "torch", self._half(models.bf16 and bf16 is not False)
+        else:
+            self.backend = self._choose(backend or models.embedding_backend)
+            self.precision = PRECISION[self.backend]
 
     @property
     def model_dir(self) -> str:
-        return str(embedding_source().path)
+        return str(self._dir)
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    def stats(self) -> dict[str, Any]:
+        """What the ingest report's ``embedding`` says about this embedder."""
+        return {"backend": self.backend, "device": self.device, "precision": self.precision, "bf16": self.bf16,
+                "threads": self.threads, "passes_by_threads": dict(self.passes_by_threads),
+                "calibration": self.calibration}
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Unit vectors for ``texts`` in their order (length-sorted internally), computed on the process's one
-        torch thread (``tasks.runtime.torch_thread.on_torch_thread``: a second thread's OpenMP pool would slow both)."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return on_torch_thread(self._encode, texts, batch_size)
+        """Unit document vectors (the model's document prompt, if any) for ``texts`` in their order, computed
+        on the process's one torch thread (``tasks.runtime.torch_thread``: a second thread's OpenMP pool
+        would slow both)."""
+        return self._on_thread(texts, batch_size, "document")
 
-    def _encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        self.threads = configure_torch(self.threads)  # thread counts are per thread: set this one's
-        if self.bf16 is None and len(texts) >= _CALIBRATE_MIN_TEXTS:
-            self.bf16 = self._bf16_pays_off()
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)
-        order = np.argsort([len(x) for x in ids["input_ids"]], kind="stable")
-        batches = list(_batches(order, ids["input_ids"], batch_size))
-        gauge = self._gauge if len(batches) > 1 else None  # one pass (a query, a small document): no sampling
-        others = gauge.others(settle_s=0.05) if gauge else None  # cores busy right now
-        with self._torch.inference_mode(), self._autocast():
-            for batch in batches:
-                self._fit_threads(others)
-                out[batch] = self._forward([ids["input_ids"][i] for i in batch])
-                others = gauge.others() if gauge else None  # during that pass
-        return out
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit query vectors: as ``encode``, with the model's query prompt (if it defines one)."""
+        return self._on_thread(texts, batch_size, "query")
 
     def freeze_for_queries(self) -> bool:
-        """Trace, freeze and optimise the encoder for many small calls (questions); False, and the eager model
-        kept, where the model runs bf16 (autocast does not trace), tracing fails or the frozen outputs differ
-        from the eager ones on a padded probe batch (a future transformers whose masks trace differently)."""
-        if self.bf16 is not False or self._frozen is not None:
-            return self._frozen is not None
-        probe = [self.tokenizer(t)["input_ids"] for t in ("How do I reset it?", _PROBE_LONG)]
-        try:
-            frozen = self._trace(probe[0])
-            with self._torch.inference_mode():
-                diff = float(np.abs(self._forward(probe, frozen) - self._forward(probe)).max())
-        except Exception as exc:  # tracing is an optimisation: any failure keeps the eager model
-            log.warning("the query encoder stays eager: tracing it failed (%s)", exc)
-            return False
-        if diff > _FROZEN_TOLERANCE:
-            log.warning("the query encoder stays eager: its frozen trace differs by %.1e on a probe", diff)
-            return False
-        self._frozen = frozen
-        return True
+        """Kept for callers of the retired TorchScript query path: a backend's session serves questions as it
+        is (docs/ingestion.md, the query latency). Always False."""
+        return False
 
-    def _trace(self, ids: list[int]) -> Any:
-        torch = self._torch
-        example = (torch.tensor([ids]), torch.ones((1, len(ids)), dtype=torch.long))
-        with warnings.catch_warnings(), torch.no_grad():
-            # deprecated in favour of torch.compile, which measured slower and compiles for tens of seconds; the
-            # tracer's "converted to a Python boolean" notes are the encoder's fixed branches (not causal,
-            # no cache), and the probe check above catches a branch that should not have been fixed
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_last_hidden(self.transformer), example, check_trace=False)
-            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    def _on_thread(self, texts: Sequence[str], batch_size: int, kind: str) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return on_torch_thread(self._encode, texts, batch_size, kind)
+
+    def _encode(self, texts: Sequence[str], batch_size: int, kind: str) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        self.threads = configure_torch(self.threads)  # thread counts are per thread: set this one's
+        prompt = self._prompt(kind)
+        lengths = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=self.max_length,
+                                 return_length=True)["length"]
+        batches = list(_batches(np.argsort(lengths, kind="stable"), lengths, batch_size))
+        gauge = self._gauge if len(batches) > 1 else None  # one pass (a query, a small document): no sampling
+        others = gauge.others(settle_s=0.05) if gauge else None  # cores busy right now
+        for batch in batches:
+            self._fit_threads(others)
+            out[batch] = self._pass([texts[i] for i in batch], kind)
+            others = gauge.others() if gauge else None  # during that pass
+        return out
+
+    def _pass(self, texts: list[str], kind: str, backend: str | None = None) -> np.ndarray:
+        """One forward pass through sentence-transformers, with ``backend``'s network (default: the chosen)."""
+        self._transformer.model = self._networks[backend or self.backend]
+        encode = self.model.encode_query if kind == "query" else self.model.encode_document
+        vectors = encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True,
+                         show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _prompt(self, kind: str) -> str:
+        """The prompt sentence-transformers prepends for ``kind``, as encode_query/encode_document choose it
+        (only to measure lengths for the batches: the library adds it itself)."""
+        prompts = self.model.prompts
+        names = ["query"] if kind == "query" else ["document", "passage", "corpus"]
+        name = next((n for n in names if n in prompts), self.model.default_prompt_name)
+        return str(prompts.get(name or "", "") or "")
 
     def _fit_threads(self, others: float | None) -> None:
         """Auto threads: as many as the cores other processes (our parsers among them) left free."""
         if others is not None and (n := threads_beside(others)) != self.threads:
             self.threads = configure_torch(n)
+        if self.backend != "torch":
+            self._networks[self.backend].threads = self.threads
         self.passes_by_threads[self.threads] += 1
 
-    def _forward(self, sequences: list[list[int]], network: Any = None) -> np.ndarray:
-        """Unit vectors of ``sequences``, through ``network`` (input_ids, mask -> last hidden state) when given,
-        else the frozen encoder when there is one, else the eager one."""
-        torch = self._torch
-        network = network if network is not None else self._frozen
-        width = max(len(s) for s in sequences)
-        input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        if network is not None:
-            hidden = network(input_ids, mask).float()
-        else:
-            hidden = self.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-        # Mean pooling over real tokens, then L2 normalisation: the model's own Pooling + Normalize modules.
-        summed = (hidden * mask.unsqueeze(-1)).sum(1)
-        pooled = summed / mask.sum(1, keepdim=True).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    def _half(self, bf16: bool) -> str:
+        import torch
 
-    def _bf16_pays_off(self) -> bool:
-        """Time a realistic batch both ways (interleaved, best of two) and keep bf16 only if faster."""
-        batch = [[101] + [1000 + (i * 7 + j) % 20000 for j in range(126)] + [102] for i in range(16)]
-        best = {False: float("inf"), True: float("inf")}
-        with self._torch.inference_mode():
-            for use in (False, True, False, True):
-                self.bf16 = use
+        dtype = torch.bfloat16 if bf16 and torch.cuda.is_bf16_supported() else torch.float16
+        self.model.to(dtype)
+        return "bf16" if dtype == torch.bfloat16 else "fp16"
+
+    def _choose(self, wanted: str) -> str:
+        """The backend to run: the one asked for (refused with the reason if it cannot load or disagrees with
+        PyTorch fp32), or for "auto" the fastest that agrees, remembered per host and model in the cache."""
+        if wanted not in ("auto", *BACKENDS):
+            raise EmbeddingDeviceError(f"unknown embedding backend {wanted!r}: use auto, {', '.join(BACKENDS)}")
+        if wanted != "auto":
+            if wanted != "torch":
+                self._load(wanted, strict=True)
+            return wanted
+        if self._cache_dir is None:
+            return "torch"
+        remembered = self._choice_file()
+        if remembered.exists():
+            choice = json.loads(remembered.read_text())
+            if choice.get("backend") in BACKENDS and (choice["backend"] == "torch" or self._load(choice["backend"])):
+                self.calibration = choice.get("seconds", {})
+                return str(choice["backend"])
+        return self._measure(remembered)
+
+    def _load(self, backend: str, strict: bool = False) -> bool:
+        """Load ``backend``'s network and check its vectors against PyTorch fp32's on the probe sentences."""
+        if backend in self._networks:
+            return True
+        try:
+            network = onnx_network(self.model, self._dir, self._need_cache(), int8=backend.endswith("int8"))
+        except ImportError as exc:
+            if strict:
+                raise EmbeddingDeviceError(f"embedding backend {backend!r} needs onnxruntime and onnx "
+                                           f"({exc}): pip install onnxruntime onnx") from None
+            return False
+        self._networks[backend] = network
+        cosine = float((self._pass(_PROBES, "document", backend) * self._pass(_PROBES, "document", "torch"))
+                       .sum(axis=1).min())
+        self.agreement[backend] = round(cosine, 5)
+        if cosine >= _MIN_COSINE[backend]:
+            return True
+        del self._networks[backend]
+        why = f"embedding backend {backend!r} agrees with PyTorch fp32 only to cosine {cosine:.4f} " \
+              f"(needs {_MIN_COSINE[backend]}) on {self.name}"
+        if strict:
+            raise EmbeddingDeviceError(why + ": use RAGTUNE_MODELS__EMBEDDING_BACKEND=torch")
+        log.warning("%s: not used", why)
+        return False
+
+    def _need_cache(self) -> Path:
+        if self._cache_dir is None:
+            raise EmbeddingDeviceError("ONNX embedding backends export the model into the cache: no cache_dir given")
+        return self._cache_dir
+
+    def _measure(self, remembered: Path) -> str:
+        """Time a realistic batch (16 texts of ~128 tokens) on each agreeing backend, interleaved, best of two."""
+        candidates = ["torch", *(b for b in BACKENDS[1:] if self._load(b))]
+        batch = [" ".join(f"word{(i * 7 + j) % 500}" for j in range(60)) for i in range(16)]
+        best = dict.fromkeys(candidates, float("inf"))
+        for _ in range(2):
+            for backend in candidates:
                 start = time.perf_counter()
-                with self._autocast():
-                    self._forward(batch)
-                best[use] = min(best[use], time.perf_counter() - start)
-        self.calibration = {"fp32_s": round(best[False], 4), "bf16_s": round(best[True], 4)}
-        return best[True] < 0.9 * best[False]
+                self._pass(batch, "document", backend)
+                best[backend] = min(best[backend], time.perf_counter() - start)
+        self.calibration = {f"{b}_s": round(s, 4) for b, s in best.items()}
+        choice = min(best, key=lambda b: best[b])
+        tmp = remembered.with_name(f"{remembered.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"backend": choice, "seconds": self.calibration, "agreement": self.agreement}))
+        tmp.rename(remembered)
+        return choice
 
-    def _autocast(self) -> Any:
-        if self.bf16:
-            return self._torch.autocast("cpu", dtype=self._torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-_PROBE_LONG = "A longer probe sentence, padded beside the short one, so that the trace is checked with a mask."
-
-
-def _last_hidden(transformer: Any) -> Any:
-    """The encoder as a module of (input_ids, attention_mask) -> last hidden state, the signature traced."""
-    import torch
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.transformer = transformer
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    return LastHidden()
+    def _choice_file(self) -> Path:
+        """One remembered choice per model folder, CPU model and core count (another host measures again)."""
+        host = f"{platform.machine()}-{_cpu_model()}-{len(os.sched_getaffinity(0))}".replace(" ", "_")
+        folder = embedding_cache(self._need_cache(), self._dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"auto-{host[:100]}.json"
 
 
-def _bf16_undecided(models: ModelSettings) -> bool | None:
-    """False where bf16 is off or impossible; None = possible, measured on the first large ``encode`` call."""
-    return None if models.bf16 and cpu_has_bf16() else False
+_PROBES = ["How do I scale a deployment?", "Ray Serve replicas handle requests in parallel across the cluster.",
+           "Autoscaling adds replicas when the queue grows, and removes them when traffic falls. " * 4,
+           "The actor pool restarts failed workers.", "Datasets stream blocks between operators."]
 
 
-def _batches(order: np.ndarray, sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _batches(order: np.ndarray, lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Consecutive runs of the length-sorted order, capped by count and by padded tokens."""
     batch: list[int] = []
     for i in order.tolist():
-        width = len(sequences[i])  # sorted ascending: the newest is the widest
+        width = lengths[i]  # sorted ascending: the newest is the widest
         if batch and (len(batch) >= batch_size or width * (len(batch) + 1) > _MAX_BATCH_TOKENS):
             yield batch
             batch = []

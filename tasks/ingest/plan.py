@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import tempfile
 import threading
 import time
@@ -104,11 +103,11 @@ _POOLS_LOCK = threading.Lock()
 
 
 def index_meta(settings: Settings) -> IndexMeta:
-    """What this run would build: read from the model's files, without loading the model."""
+    """What this run would build: the model, its dimension and how this process embeds (loads the embedder)."""
     source = embedding_source(settings.models.embedding)
-    dim = json.loads((source.path / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"]
+    emb = embedder(settings)
     chunker = chunker_settings(settings.ingest.max_tokens, source.name, settings.ingest.overlap_tokens)
-    return IndexMeta(source.name, int(dim), chunker)
+    return IndexMeta(source.name, emb.dim, chunker, embedding_backend=emb.backend, embedding_precision=emb.precision)
 
 
 @contextlib.contextmanager
@@ -124,7 +123,7 @@ def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = Fal
         yield Run(settings, source, client, physical, meta, workdir, executor)
 
 
-_EMBEDDERS: OrderedDict[tuple[str, bool, int], Any] = OrderedDict()  # the two most recently used
+_EMBEDDERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # the two most recently used
 _EMBEDDER_LOCK = threading.Lock()
 
 
@@ -133,10 +132,10 @@ def embedder(settings: Settings) -> Any:
     from tasks.ingest.embedding import Embedder
 
     m = settings.models
-    key = (m.embedding, m.bf16, m.torch_threads)
+    key = (m.embedding, m.bf16, m.torch_threads, m.device, m.embedding_backend, settings.cache_dir)
     with _EMBEDDER_LOCK:  # the first batch warms it in the background while the main thread may ask too
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(m)
+            _EMBEDDERS[key] = Embedder(m, cache_dir=settings.cache_dir)
             while len(_EMBEDDERS) > 2:
                 _EMBEDDERS.popitem(last=False)
         _EMBEDDERS.move_to_end(key)
@@ -230,8 +229,7 @@ def finish(run: Run) -> IngestReport:
         skipped=dict(s.skipped), chunks_written=s.chunks_written, chunks_reused=s.chunks_reused,
         seconds={k: round(v, 3) for k, v in s.seconds.items()},
         chunks_per_s=round(s.chunks_written / total, 2) if total else 0.0,
-        embedding=EmbeddingStats(bf16=emb.bf16, threads=emb.threads, passes_by_threads=dict(emb.passes_by_threads),
-                                 calibration=emb.calibration) if emb else None,
+        embedding=EmbeddingStats(**emb.stats()) if emb else None,
     )
 
 

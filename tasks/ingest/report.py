@@ -18,8 +18,11 @@ class QuarantinedFile(BaseModel):
 
 
 class EmbeddingStats(BaseModel):
-    """How the embedder ran: precision, threads per pass, the bf16-vs-fp32 calibration."""
+    """How the embedder ran: backend, device, precision, threads per pass, the backends' timings ("auto")."""
 
+    backend: str = Field("torch", description="torch, onnx or onnx-int8 (tasks.ingest.embedding).")
+    device: str = "cpu"
+    precision: str = Field("fp32", description="fp32, fp16, bf16 or int8.")
     bf16: bool | None
     threads: int
     passes_by_threads: dict[int, int]

@@ -1,10 +1,13 @@
-"""Loading the offline models: the embedding network, sentence-transformers itself, spaCy for unstructured."""
+"""Loading the offline models: the embedding model (sentence-transformers, its ONNX export), spaCy for unstructured."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-import json
-from dataclasses import dataclass
+import logging
+import os
+import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,58 +16,151 @@ from tasks.runtime.sources import ModelNotInstalledError, embedding_source
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-@dataclass(frozen=True)
-class Encoder:
-    """A sentence-transformers model's network and tokenizer, and what its pipeline config says about them."""
-
-    model: Any  # transformers.AutoModel: last_hidden_state, then mean pooling and L2 normalisation
-    tokenizer: Any
-    max_length: int  # word pieces the model reads; longer texts are truncated (sentence_bert_config.json)
-    dim: int
+BACKENDS = ("torch", "onnx", "onnx-int8")  # what the Embedder runs; "auto" measures them (tasks.ingest.embedding)
 
 
-class UnsupportedEmbeddingModelError(ValueError):
-    """The embedding model's sentence-transformers pipeline is not Transformer -> mean Pooling [-> Normalize]."""
-
-
-def load_encoder(override: str = "") -> Encoder:
-    """The embedding model as ingestion and queries run it: what ``load_embedder`` gives, without importing
-    sentence-transformers. Its pipeline must be the one ``tasks.ingest.embedding`` reproduces (mean pooling, unit
-    vectors); any other is refused with the reason rather than embedded wrongly."""
-    from transformers import AutoModel, AutoTokenizer
-
-    path = embedding_source(override).path
-    _require_mean_pooling(path)
-    config = path / "sentence_bert_config.json"
-    max_length = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
-    model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    max_length = int(max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings))
-    return Encoder(model.eval(), tokenizer, max_length, int(model.config.hidden_size))
-
-
-def _require_mean_pooling(path: Path) -> None:
-    modules = path / "modules.json"
-    if not modules.exists():
-        return  # a plain transformers model: sentence-transformers would mean-pool it too
-    entries = json.loads(modules.read_text())
-    kinds = [m["type"].rsplit(".", 1)[-1] for m in entries]
-    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
-        raise UnsupportedEmbeddingModelError(f"{path}: sentence-transformers pipeline {kinds}; ragtune embeds "
-                                             "with Transformer -> Pooling (mean) [-> Normalize] only")
-    modes = json.loads((path / entries[1]["path"] / "config.json").read_text())
-    used = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v is True)
-    if used != ["pooling_mode_mean_tokens"]:
-        raise UnsupportedEmbeddingModelError(f"{path}: pools with {used}; ragtune embeds with mean pooling only")
+class EmbeddingDeviceError(RuntimeError):
+    """The configured embedding device or backend is not available on this host; the message says why."""
 
 
 def load_embedder(override: str = "", device: str = "cpu") -> SentenceTransformer:
-    """The model through sentence-transformers itself: the reference ``load_encoder`` is tested against and the
-    baseline bench/ingest.py compares with."""
+    """The model through sentence-transformers itself (pooling, normalisation and prompts from its own config),
+    offline from its folder, PyTorch on ``device``: what ragtune's Embedder wraps and bench/ingest.py's baseline."""
     from sentence_transformers import SentenceTransformer
 
     source = embedding_source(override)
     return SentenceTransformer(str(source.path), device=device, local_files_only=True)
+
+
+def resolve_device(setting: str) -> str:
+    """"auto" = CUDA when torch sees one, else the CPU; an explicit device that is not there is refused."""
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda"):
+        index = int(setting.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise EmbeddingDeviceError(f"models.device is {setting!r} but torch sees {found} CUDA device(s) "
+                                       f"(torch {torch.__version__}): set RAGTUNE_MODELS__DEVICE=cpu or auto")
+    return setting
+
+
+def onnx_network(model: SentenceTransformer, model_dir: Path, cache_dir: Path, int8: bool) -> Any:
+    """The model's transformer as an ONNX Runtime session, to stand in for it inside the same
+    sentence-transformers pipeline (``model[0].model``): tokenization, prompts, pooling and normalisation
+    stay the library's own.
+
+    Exported once per model folder into ``cache_dir`` (offline: from the loaded weights), and for ``int8``
+    quantized once with ONNX Runtime's dynamic int8 (weights per channel, activations at run time: no
+    calibration data). Not through sentence-transformers' ``backend="onnx"``: that needs optimum-onnx, which
+    requires transformers < 4.58 (docs/ingestion.md).
+    """
+    folder = embedding_cache(cache_dir, model_dir)
+    names = _input_names(model)
+    fp32 = _exported(model, names, folder / "model.onnx")
+    path = _quantized(fp32, folder / "model_qint8.onnx") if int8 else fp32
+    transformer: Any = model[0]
+    return _onnx_network_class()(path, transformer.model.config, names)
+
+
+def embedding_cache(cache_dir: Path, model_dir: Path) -> Path:
+    """The model's exports and the "auto" choice: beside the converted generator, under the cache's models/."""
+    return cache_dir / "models" / "embedding" / model_fingerprint(model_dir)
+
+
+def model_fingerprint(path: Path) -> str:
+    """The model folder's name and a hash of its files' names and sizes: a changed model is exported anew."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    stamp = "|".join(f"{p.relative_to(path)}:{p.stat().st_size}" for p in files)
+    return f"{path.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+
+
+def _input_names(model: SentenceTransformer) -> list[str]:
+    features = model.preprocess(["a probe"])
+    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
+
+
+def _exported(model: SentenceTransformer, names: list[str], target: Path) -> Path:
+    import torch
+
+    if target.exists():
+        return target
+    features = model.preprocess(["a first probe sentence", "a second"])
+    transformer: Any = model[0]
+    network = transformer.model.eval()
+
+    class LastHidden(torch.nn.Module):  # the signature exported: the inputs by position -> last hidden state
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.network(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(LastHidden(), tuple(features[k].cpu() for k in names), str(tmp), dynamo=False,
+                          input_names=names, output_names=["last_hidden_state"], opset_version=17,
+                          dynamic_axes={k: {0: "batch", 1: "tokens"} for k in [*names, "last_hidden_state"]})
+    tmp.rename(target)  # atomic: a killed export leaves no half-written model behind
+    return target
+
+
+def _quantized(source: Path, target: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if target.exists():
+        return target
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" advice, on the root logger
+    try:
+        # MatMuls only (the linear layers; embeddings and the rest stay fp32), weights per channel: the
+        # vectors closest to fp32 of the variants measured (docs/ingestion.md)
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
+    tmp.rename(target)
+    return target
+
+
+@lru_cache
+def _onnx_network_class() -> type:
+    """Defined on first use: importing this module must not import torch (parser processes load spaCy here)."""
+    import onnxruntime as ort
+    import torch
+
+    class OnnxNetwork(torch.nn.Module):
+        """Called as the transformers model is (keyword tensors in, ``last_hidden_state`` out)."""
+
+        def __init__(self, path: Path, config: Any, names: list[str]) -> None:
+            super().__init__()
+            self.path, self.config, self.names = path, config, names
+            self.threads = torch.get_num_threads()
+            self._sessions: dict[int, Any] = {}
+
+        def forward(self, **features: Any) -> dict[str, Any]:
+            feeds = {k: features[k].cpu().numpy() for k in self.names}
+            (hidden,) = self._session().run(["last_hidden_state"], feeds)
+            return {"last_hidden_state": torch.from_numpy(hidden)}
+
+        def _session(self) -> Any:
+            """ONNX Runtime fixes a session's thread count: one session per count the free cores asked for."""
+            if self.threads not in self._sessions:
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                options.intra_op_num_threads = self.threads
+                self._sessions[self.threads] = ort.InferenceSession(str(self.path), options,
+                                                                    providers=["CPUExecutionProvider"])
+            return self._sessions[self.threads]
+
+    return OnnxNetwork
 
 
 def load_spacy(exclude: tuple[str, ...] = ("ner", "lemmatizer", "attribute_ruler")) -> Any:

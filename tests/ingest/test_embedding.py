@@ -1,4 +1,7 @@
-"""The embedding fast path: same vectors as sentence-transformers, bf16 measured only when it can pay."""
+"""The embedder: sentence-transformers' own vectors, through length-bucketed batches, on the backend chosen.
+
+Models other than the packaged MiniLM (CLS pooling, prompts): tests/ingest/test_embedding_models.py.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,24 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tasks.ingest.embedding import _CALIBRATE_MIN_TEXTS, Embedder
+from tasks.ingest.embedding import _MIN_COSINE, Embedder
 from tasks.runtime.cpu import CpuGauge, threads_beside
-from tasks.runtime.loading import UnsupportedEmbeddingModelError, load_embedder, load_encoder
+from tasks.runtime.loading import EmbeddingDeviceError, embedding_cache, load_embedder
 from tasks.settings import Settings
 
 TEXTS = ["Ray Serve scales deployments.", "A much longer sentence about autoscaling " * 12, "short", ""]
+# real text, of the lengths chunks and questions have
+SENTENCES = ["How do I configure autoscaling for a Ray Serve deployment?",
+             "Ray Data streams blocks between operators, so a pipeline never holds the whole dataset in memory.",
+             "Placement groups reserve resources across nodes atomically: either every bundle fits or none is "
+             "reserved, and tasks scheduled into the group run on the bundles' nodes. " * 3,
+             "What happens when an actor dies?", "The dashboard shows logs, metrics and the state of each task."]
 
 
 @pytest.fixture(scope="module")
@@ -26,91 +36,93 @@ def reference() -> Any:
 
 
 def test_vectors_match_sentence_transformers_in_input_order(settings: Settings, reference: Any) -> None:
-    fast = Embedder(settings.models, bf16=False, threads=1)
+    fast = Embedder(settings.models, threads=1, backend="torch")
     ours = fast.encode(TEXTS, batch_size=2)  # batches of two: length sorting must not reorder the output
-    theirs = reference.encode(TEXTS, normalize_embeddings=True)
+    theirs = reference.encode_document(TEXTS, normalize_embeddings=True)
     assert ours.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     cosine = (ours * theirs).sum(axis=1)
     assert cosine.min() > 0.9999, cosine
+    assert (fast.backend, fast.precision, fast.device) == ("torch", "fp32", "cpu")
 
 
 def test_encoding_runs_on_the_torch_thread(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ingestion's batches, like questions, run on the process's one torch thread (tasks.runtime.torch_thread)."""
     import threading
 
-    embedder = Embedder(settings.models, bf16=False, threads=1)
+    embedder = Embedder(settings.models, threads=1, backend="torch")
     threads: list[str] = []
-    real = embedder._forward
-    monkeypatch.setattr(embedder, "_forward",
+    real = embedder._pass
+    monkeypatch.setattr(embedder, "_pass",
                         lambda *a, **k: threads.append(threading.current_thread().name) or real(*a, **k))
     assert embedder.encode(TEXTS, batch_size=2).shape == (len(TEXTS), 384)
     assert embedder.encode([]).shape == (0, 384)
-    assert len(threads) == 2 and all(name.startswith("ragtune-torch") for name in threads)
+    assert embedder.encode_queries(["a question"]).shape == (1, 384)
+    assert len(threads) == 3 and all(name.startswith("ragtune-torch") for name in threads)
 
 
-def test_the_frozen_query_encoder_matches_the_eager_one(settings: Settings) -> None:
-    eager = Embedder(settings.models, bf16=False, threads=1)
-    frozen = Embedder(settings.models, bf16=False, threads=1)
-    assert frozen.freeze_for_queries()
-    # one question, padded batches of other lengths; repeated past TorchScript's profiling runs, after which
-    # it swaps in a graph optimised for the shapes it saw
-    for texts in (["How do I configure autoscaling?"], TEXTS) * 3:
-        np.testing.assert_allclose(frozen.encode(texts, batch_size=2), eager.encode(texts, batch_size=2), atol=1e-5)
-    assert Embedder(settings.models, bf16=True, threads=1).freeze_for_queries() is False  # autocast does not trace
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_onnx_backends_stay_within_their_cosine_of_pytorch_fp32(settings: Settings, reference: Any,
+                                                               backend: str) -> None:
+    """fp32 ONNX rounds (cosine >= 0.9999); dynamic int8 moves vectors, within the stated 0.985 on real text."""
+    fast = Embedder(settings.models, threads=1, cache_dir=settings.cache_dir, backend=backend)
+    assert (fast.backend, fast.precision) == (backend, "int8" if backend.endswith("int8") else "fp32")
+    ours = np.concatenate([fast.encode(SENTENCES, batch_size=2), fast.encode_queries(SENTENCES[:2])])
+    theirs = np.concatenate([reference.encode_document(SENTENCES, normalize_embeddings=True),
+                             reference.encode_query(SENTENCES[:2], normalize_embeddings=True)])
+    cosine = (ours * theirs).sum(axis=1)
+    assert cosine.min() >= _MIN_COSINE[backend], cosine
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    if backend == "onnx-int8":
+        assert cosine.min() < 0.9999  # it really runs the quantized model
+    exported = embedding_cache(settings.cache_dir, Path(fast.model_dir))
+    assert (exported / ("model_qint8.onnx" if backend == "onnx-int8" else "model.onnx")).exists()
 
 
-def test_a_frozen_encoder_that_disagrees_is_dropped(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A trace that fixed a branch wrongly (say, masks ignored) must not serve: the probe catches it."""
-    embedder = Embedder(settings.models, bf16=False, threads=1)
-    wrong = embedder._trace(embedder.tokenizer("a question")["input_ids"])
-    monkeypatch.setattr(embedder, "_trace", lambda ids: lambda input_ids, mask: wrong(input_ids, mask.fill_(1)))
-    assert embedder.freeze_for_queries() is False
-    reference = Embedder(settings.models, bf16=False, threads=1)
-    np.testing.assert_array_equal(embedder.encode(TEXTS), reference.encode(TEXTS))
+def test_auto_measures_once_per_host_and_remembers(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = settings.cache_dir / "private"  # not the shared models/ folder: this test's own choice file
+    first = Embedder(settings.models, threads=1, cache_dir=cache)
+    assert first.backend in ("torch", "onnx", "onnx-int8")
+    assert set(first.calibration) == {"torch_s", "onnx_s", "onnx-int8_s"}
+    (choice,) = embedding_cache(cache, Path(first.model_dir)).glob("auto-*.json")
+    assert json.loads(choice.read_text())["backend"] == first.backend
+    monkeypatch.setattr(Embedder, "_measure", lambda self, path: pytest.fail("measured twice"))
+    again = Embedder(settings.models, threads=1, cache_dir=cache)
+    assert again.backend == first.backend and again.calibration == first.calibration
+    assert Embedder(settings.models, threads=1).backend == "torch"  # no cache: nothing to export into
 
 
-def test_embedding_does_not_import_sentence_transformers(settings: Settings) -> None:
-    """Its import alone took ~4.4 s here: a cold one-document re-index or `ragtune ask` must not pay it."""
-    code = ("import sys; from tasks.settings import get_settings; from tasks.ingest.embedding import Embedder; "
-            "Embedder(get_settings().models, threads=1).encode(['a question']); "
-            "sys.exit('sentence_transformers' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+def test_a_backend_that_disagrees_with_fp32_is_refused_or_skipped(settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.ingest.embedding as embedding
+
+    monkeypatch.setitem(embedding._MIN_COSINE, "onnx-int8", 1.01)  # no quantized model can pass this
+    with pytest.raises(EmbeddingDeviceError, match="onnx-int8.*agrees with PyTorch fp32 only to cosine"):
+        Embedder(settings.models, threads=1, cache_dir=settings.cache_dir, backend="onnx-int8")
+    cache = settings.cache_dir / "private"
+    assert Embedder(settings.models, threads=1, cache_dir=cache).backend in ("torch", "onnx")
 
 
-@pytest.mark.parametrize(("modules", "pooling", "match"), [
-    (["Transformer", "Pooling", "Normalize"], {"pooling_mode_cls_token": True}, "pooling_mode_cls_token"),
-    (["Transformer", "Pooling", "Dense"], {"pooling_mode_mean_tokens": True}, "Dense"),
-])
-def test_an_embedding_model_pooled_otherwise_is_refused(tmp_path: Any, modules: list[str], pooling: dict[str, bool],
-                                                        match: str) -> None:
-    (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    entries = [{"idx": i, "name": str(i), "path": "1_Pooling" if kind == "Pooling" else "",
-                "type": f"sentence_transformers.models.{kind}"} for i, kind in enumerate(modules)]
-    (tmp_path / "modules.json").write_text(json.dumps(entries))
-    with pytest.raises(UnsupportedEmbeddingModelError, match=match):
-        load_encoder(str(tmp_path))
+def test_an_unavailable_device_is_refused_with_the_reason(settings: Settings) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(EmbeddingDeviceError, match=f"models.device is '{device}' but torch sees 0 CUDA"):
+            Embedder(settings.models.model_copy(update={"device": device}), threads=1)
+    auto = Embedder(settings.models.model_copy(update={"device": "auto"}), threads=1, backend="torch")
+    assert auto.device == "cpu"
 
 
-def test_a_few_texts_are_embedded_without_timing_bf16(settings: Settings) -> None:
-    fast = Embedder(settings.models, threads=1)
-    fast.encode(TEXTS)
-    # a one-document re-index must not pay for the calibration: the decision waits for a large call
-    assert fast.calibration == {}
-    assert fast.bf16 in (None, False)
+def test_embedding_settings_refuse_unknown_values() -> None:
+    from pydantic import ValidationError
 
+    from tasks.settings import ModelSettings
 
-def test_a_large_call_decides_bf16_once(settings: Settings) -> None:
-    fast = Embedder(settings.models, threads=1)
-    if fast.bf16 is False:
-        pytest.skip("bf16 is off in settings or this CPU has no AVX-512 bf16: nothing to decide")
-    fast.encode(["a chunk of text"] * _CALIBRATE_MIN_TEXTS)
-    assert fast.bf16 in (True, False)
-    assert set(fast.calibration) == {"fp32_s", "bf16_s"}
-    decided = fast.calibration
-    fast.encode(["another chunk"] * _CALIBRATE_MIN_TEXTS)
-    assert fast.calibration is decided  # measured once per model load
+    for field, value in (("device", "gpu"), ("device", "cuda:x"), ("embedding_backend", "tensorrt")):
+        with pytest.raises(ValidationError):
+            ModelSettings(**{field: value})
 
 
 def test_threads_fit_beside_the_busy_cores() -> None:
@@ -144,8 +156,7 @@ def test_the_gauge_counts_other_processes_not_this_one() -> None:
 
 
 def test_auto_threads_are_chosen_before_each_pass(settings: Settings) -> None:
-    fast = Embedder(settings.models.model_copy(update={"torch_threads": 0}),
-                    bf16=False)
+    fast = Embedder(settings.models.model_copy(update={"torch_threads": 0}), backend="torch")
     fast.encode(TEXTS * 4, batch_size=4)
     assert sum(fast.passes_by_threads.values()) == 4
     assert all(1 <= n <= len(os.sched_getaffinity(0)) for n in fast.passes_by_threads)

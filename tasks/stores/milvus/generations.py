@@ -7,6 +7,7 @@ collection beside it (``docs__g1__record``). The generation's properties hold it
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
@@ -52,8 +53,7 @@ class Generations(Connection):
         n = int(existing[-1].rsplit("__g", 1)[1]) + 1 if existing else 1
         name = name or generation_name(alias, n)
         bm25 = meta.bm25 and self.server_supports_bm25()
-        final = IndexMeta(meta.embedding_model, meta.dim, meta.chunker, meta.metric, bm25, meta.record_version,
-                          ANALYZER if bm25 else "")
+        final = dataclasses.replace(meta, bm25=bm25, analyzer=ANALYZER if bm25 else "")
         self._create_chunks(name, final)
         self._create_record(record_name(name))
         return name
