@@ -6,16 +6,19 @@ The parent run lives in this process (as `ragtune ingest --shards 2` runs it); i
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments import register as reg
 from deployments.pools import CPU_POOL
@@ -40,7 +43,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, milvus_
            "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MILVUS__URI": milvus_server,
            "RAGTUNE_MODELS__TORCH_THREADS": "1", "RAGTUNE_MODELS__BF16": "false", "RAGTUNE_INGEST__PARSE_WORKERS": "1",
            "RAGTUNE_INGEST__BATCH_DOCS": "2"}
-    with pytest.MonkeyPatch.context() as mp:
+    # The module's flows (the parent runs here) talk to this server, not to the session's test harness, whose
+    # temporary settings would otherwise win over the environment.
+    with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: api}):
         for name, value in env.items():
             mp.setenv(name, value)
         get_settings.cache_clear()
@@ -50,6 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, milvus_
         workers: list[subprocess.Popen[bytes]] = []
         try:
             reg.register(settings, names=["ingest-documents"])
+            reg.on_server(settings, _without_schedules("ingest-documents/ingest-documents"))
             for i in range(2):
                 log = (home / f"worker-{i}.log").open("wb")
                 workers.append(subprocess.Popen(reg.worker_argv(CPU_POOL, limit=2), cwd=reg.PROJECT_DIR,
@@ -65,6 +71,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, milvus_
                     worker.kill()
             stack.stop(service)
             get_settings.cache_clear()
+
+
+async def _without_schedules(name: str) -> None:
+    """The hourly schedule off and its runs deleted: the workers run only this module's shards."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(name)
+        for schedule in await client.read_deployment_schedules(deployment.id):
+            await client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+        only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        for run in await client.read_flow_runs(deployment_filter=only):
+            await client.delete_flow_run(run.id)
 
 
 def write_corpus(root: Path, topics: list[str]) -> Path:
@@ -117,11 +137,21 @@ def test_a_killed_shard_runs_again_alone_and_duplicates_nothing(cluster: Setting
 
     docs = write_corpus(tmp_path / "docs", [f"{t}{n}" for t in TOPICS for n in range(3)])
     result: dict[str, Any] = {}
-    parent = threading.Thread(target=lambda: result.update(report=ingest_documents(str(docs), "killed", shards=2)))
+    context = contextvars.copy_context()  # the parent thread runs with this thread's Prefect settings
+
+    def parent_run() -> None:
+        try:
+            result["report"] = context.run(functools.partial(ingest_documents, str(docs), "killed", shards=2))
+        except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
+            result["error"] = exc
+
+    parent = threading.Thread(target=parent_run)
     parent.start()
-    killed = _kill_a_shard_mid_write(cluster, "killed", timeout_s=240)
+    killed = _kill_a_shard_mid_write(cluster, "killed", parent.is_alive, timeout_s=240)
     parent.join(timeout=600)
 
+    assert "report" in result, result.get("error")
+    assert killed is not None, "no shard run was caught writing"
     report = result["report"]
     assert (report.added, report.shards) == (3 * len(TOPICS), 2)
     with IndexClient.from_settings(cluster) as index:
@@ -133,12 +163,12 @@ def test_a_killed_shard_runs_again_alone_and_duplicates_nothing(cluster: Setting
     assert len(runs) == 3  # 2 shards + the killed one's re-run
 
 
-def _kill_a_shard_mid_write(settings: Settings, alias: str, timeout_s: float) -> Any:
-    """SIGKILL the process of the first shard run that has recorded a document (it is writing), return its id."""
+def _kill_a_shard_mid_write(settings: Settings, alias: str, parent_alive: Callable[[], bool], timeout_s: float) -> Any:
+    """SIGKILL the process of the first shard run that has recorded a document (it is writing); its run id."""
     import psutil
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and parent_alive():
         with IndexClient.from_settings(settings) as index:
             written = index.exists(alias) and bool(index.read_records(alias))
         running = [r for r in _shard_runs(settings, alias) if r.state.is_running()]
@@ -152,7 +182,7 @@ def _kill_a_shard_mid_write(settings: Settings, alias: str, timeout_s: float) ->
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
         time.sleep(0.2)
-    raise AssertionError("no shard run was caught writing")
+    return None  # the parent ended, or no shard run was caught writing in time
 
 
 def _shard_runs(settings: Settings, alias: str) -> list[Any]:
