@@ -178,6 +178,8 @@ class TrainingSettings(BaseModel):
     eval_examples: int = Field(64, ge=1, description="Eval-split examples `ragtune eval model` generates for.")
     eval_loss_examples: int = Field(512, ge=1, description="Eval-split examples the held-out loss is measured on.")
     max_new_tokens: int = Field(128, ge=1, description="Greedy decoding budget per answer in model evaluation.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: much less "
+                                         "memory for large models, about a third more compute.")
 
 
 class Settings(BaseSettings):

@@ -71,8 +71,9 @@ class AnswerLoopGuard:
 
 @lru_cache(maxsize=4)
 def exempt_tokens(tokenizer: Any) -> frozenset[int]:
-    """Token ids spelling only digits, punctuation and spaces (SmolLM2's byte-level BPE marks a space Ġ)."""
+    """Token ids spelling only digits, punctuation and spaces (byte-level BPE marks a space Ġ and a newline Ċ,
+    SentencePiece a space ▁)."""
     allowed = set(string.digits + string.punctuation + " ")
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     return frozenset(i for i, p in enumerate(pieces)
-                     if p and set(p.replace("Ġ", " ").replace("Ċ", " ")) <= allowed)
+                     if p and set(p.replace("Ġ", " ").replace("Ċ", " ").replace("▁", " ")) <= allowed)

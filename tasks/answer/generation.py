@@ -42,11 +42,18 @@ class Generator:
     name: str
     path: Path
     prefill: FastPrefill | None = None  # the lean prompt pass, where the model is one it reproduces
+    stop_ids: list[int] = field(default_factory=list)  # end of the assistant turn, EOS (prompting.stop_token_ids)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generate at a time per model
 
     @property
     def context_tokens(self) -> int:
         return int(self.model.config.max_position_embeddings)
+
+    @property
+    def ends(self) -> list[int]:
+        """The tokens an answer ends at: ``stop_ids``, else the model's own end tokens."""
+        own = self.model.generation_config.eos_token_id
+        return self.stop_ids or (own if isinstance(own, list) else [own])
 
 
 @dataclass
@@ -72,17 +79,28 @@ def _cached_generator(path: str, name: str, fast_prefill: bool) -> Generator:
 
 
 def _load_generator(path: str, name: str, fast_prefill: bool = True) -> Generator:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from tasks.answer.prefill import FastPrefill
+    from tasks.answer.prompting import load_tokenizer, stop_token_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    model.eval()
-    prefill = FastPrefill.for_model(model) if fast_prefill else None
+    tokenizer = load_tokenizer(path)  # its chat template, or the role-tagged fallback
+    device, dtype = generator_placement()
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = model.to(device).eval()
+    prefill = FastPrefill.for_model(model) if fast_prefill else None  # None: any other architecture, or a GPU
     if prefill is not None:
         prefill.remember(shared_prefix_ids(tokenizer))
-    return Generator(model, tokenizer, name, Path(path), prefill)
+    return Generator(model, tokenizer, name, Path(path), prefill, stop_token_ids(tokenizer, model.generation_config))
+
+
+def generator_placement() -> tuple[str, Any]:
+    """CUDA when torch sees a GPU (bf16 where it supports it, else fp32), else the CPU in fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return "cpu", torch.float32
 
 
 def stream_answer(
@@ -98,11 +116,11 @@ def stream_answer(
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = prompt.n_tokens
     streamer = _timed_streamer(gen.tokenizer)
-    ids = torch.tensor([prompt.input_ids])
+    ids = torch.tensor([prompt.input_ids], device=gen.model.device)
     kwargs = {
         "input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": max_new_tokens,
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-        "streamer": streamer, "pad_token_id": gen.tokenizer.eos_token_id,
+        "streamer": streamer, "pad_token_id": gen.tokenizer.pad_token_id, "eos_token_id": gen.ends,
         "logits_processor": answer_processors(decoding or Decoding(), prompt.n_tokens, gen.tokenizer),
     }
     errors: list[BaseException] = []
@@ -194,8 +212,7 @@ def _prefill(gen: Generator, prompt: Prompt, kwargs: dict[str, Any], streamer: A
     first = kwargs["logits_processor"](ids, logits).argmax(dim=-1, keepdim=True)
     streamer.put(ids)  # the prompt, which the streamer skips, as generate() would send it
     streamer.put(first[0])
-    ends = gen.model.generation_config.eos_token_id
-    if int(first) in (ends if isinstance(ends, list) else [ends]) or kwargs["max_new_tokens"] <= 1:
+    if int(first) in gen.ends or kwargs["max_new_tokens"] <= 1:
         streamer.end()
         return None
     ids = torch.cat([ids, first], dim=1)
@@ -211,7 +228,7 @@ def _stopping_when(stop: threading.Event) -> Any:
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             import torch
 
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([Stop()])
 

@@ -23,6 +23,15 @@ SYSTEM_PROMPT = (
     "If the documents do not contain the answer, say: I don't know."
 )
 CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]  # SmolLM2's; the tokenizer's own list wins
+# For a tokenizer without a chat template (GPT-2-style base models): each turn is a role tag line, the text and
+# the end-of-sequence token, so the model learns to end its answer with EOS. The tags are plain text to such a
+# tokenizer, so document text never carries them (``sanitize``).
+FALLBACK_ROLE_TAGS = ("<|system|>", "<|user|>", "<|assistant|>")
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+_TURN_END_PROBE = "ragtune-end-of-turn-probe"
 MIN_CHUNK_TOKENS = 32  # a truncated chunk shorter than this says nothing useful: stop instead
 _TAG = re.compile(r"<\s*/?\s*(document|question)\b[^>]*>", re.IGNORECASE)
 
@@ -46,7 +55,7 @@ class Prompt:
 
 def sanitize(text: str, special_tokens: list[str]) -> str:
     """Neutralise what could end a document block or open a chat turn from inside document text."""
-    for token in special_tokens:
+    for token in [*special_tokens, *FALLBACK_ROLE_TAGS]:
         text = text.replace(token, " ")
     return _TAG.sub("[tag removed]", text)
 
@@ -55,6 +64,45 @@ def document_block(n: int, hit: Hit, special_tokens: list[str]) -> str:
     label = sanitize(hit.path or hit.uri, special_tokens).replace('"', "'")
     body = sanitize(hit.text, special_tokens).strip()
     return f'<document id="{n}" source="{label}">\n{body}\n</document>\n'
+
+
+def load_tokenizer(path: Any) -> Any:
+    """A model folder's tokenizer, ready for chat prompts: its own chat template, or the role-tagged fallback;
+    a pad token (EOS) where it has none, for batched generation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@lru_cache(maxsize=8)
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token the chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``, ``</s>``...):
+    the first special token it writes after the answer's text; EOS when it writes none.
+
+    Training labels it after every answer and generation stops at it: a base Qwen2's EOS is ``<|endoftext|>``
+    while its template ends turns with ``<|im_end|>``.
+    """
+    special = {*tokenizer.all_special_ids, *getattr(tokenizer, "added_tokens_decoder", {})}
+    try:
+        text = str(tokenizer.apply_chat_template([{"role": "user", "content": "q"},
+                                                  {"role": "assistant", "content": _TURN_END_PROBE}], tokenize=False))
+    except Exception:  # a template that refuses this conversation (e.g. one that needs a system turn): EOS
+        return int(tokenizer.eos_token_id)
+    after = text.rpartition(_TURN_END_PROBE)[2] if _TURN_END_PROBE in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return int(next((i for i in ids if i in special), tokenizer.eos_token_id))
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Where generation ends: the end of the assistant turn, EOS and the model's own end tokens."""
+    own = getattr(generation_config, "eos_token_id", None)
+    ids = [end_of_turn_id(tokenizer), tokenizer.eos_token_id, *(own if isinstance(own, list) else [own])]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def chat_messages(question: str, blocks: list[str]) -> list[dict[str, str]]:

@@ -158,11 +158,12 @@ def set_token_counts(tokenizer: Any, rows: Sequence[DatasetRow]) -> None:
 
 
 def load_generator_tokenizer(cache_dir: Any, override: str = "") -> Any:
-    from transformers import AutoTokenizer
-
+    """The generator's tokenizer with the chat template training and serving render with (the fallback where
+    the model has none)."""
+    from tasks.answer.prompting import load_tokenizer
     from tasks.runtime.sources import generator_source
 
-    return AutoTokenizer.from_pretrained(generator_source(cache_dir, override).path)
+    return load_tokenizer(generator_source(cache_dir, override).path)
 
 
 def gate_frame(rows: Sequence[DatasetRow]) -> Any:

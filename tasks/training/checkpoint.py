@@ -151,7 +151,7 @@ def param_digest(model: Any) -> str:
 
 
 def finish(accelerator: Any, model: Any, tokenizer: Any, cfg: Any, state: TrainState, run_dir: Path,
-           data_dir: Path) -> dict[str, Any]:
+           data_dir: Path, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every process reports itself; the main one writes the best weights, merged, to run_dir/model."""
     lm = accelerator.unwrap_model(model).lm
     rank = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
@@ -167,7 +167,7 @@ def finish(accelerator: Any, model: Any, tokenizer: Any, cfg: Any, state: TrainS
                                 for r in range(accelerator.num_processes)], **state.speed()}
     if accelerator.is_main_process:
         tmp = _write_model(lm, tokenizer, run_dir, cfg.method)
-        _describe(tmp, cfg, state, data_dir, accelerator, result)
+        _describe(tmp, cfg, state, data_dir, accelerator, result, architecture or {})
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)  # last: a model/ dir is always complete
     accelerator.wait_for_everyone()
@@ -177,6 +177,8 @@ def finish(accelerator: Any, model: Any, tokenizer: Any, cfg: Any, state: TrainS
 def _write_model(lm: Any, tokenizer: Any, run_dir: Path, method: str) -> Path:
     from safetensors.torch import load_file
 
+    from tasks.answer.prompting import stop_token_ids
+
     best = run_dir / "best" / "trainable.safetensors"
     if best.is_file():
         unexpected = lm.load_state_dict(load_file(str(best)), strict=False).unexpected_keys
@@ -185,6 +187,12 @@ def _write_model(lm: Any, tokenizer: Any, run_dir: Path, method: str) -> Path:
     if method == "lora":
         lm = lm.merge_and_unload()
     lm.set_attn_implementation("sdpa")  # the packed-training attention is not for serving (padding, cache)
+    if getattr(lm, "is_gradient_checkpointing", False):
+        lm.gradient_checkpointing_disable()
+    # generation ends where training taught the model to end: the chat template's end of turn
+    lm.generation_config.eos_token_id = stop_token_ids(tokenizer, lm.generation_config)
+    if lm.generation_config.pad_token_id is None:
+        lm.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = run_dir / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp)
@@ -193,7 +201,7 @@ def _write_model(lm: Any, tokenizer: Any, run_dir: Path, method: str) -> Path:
 
 
 def _describe(model_dir: Path, cfg: Any, state: TrainState, data_dir: Path, accelerator: Any,
-              result: dict[str, Any]) -> None:
+              result: dict[str, Any], architecture: dict[str, Any]) -> None:
     import accelerate
     import peft
     import torch
@@ -202,7 +210,7 @@ def _describe(model_dir: Path, cfg: Any, state: TrainState, data_dir: Path, acce
     manifest = data_dir / "manifest.json"
     meta = json.loads(manifest.read_text()) if manifest.is_file() else {}
     training = {
-        "config": asdict(cfg), "base_model": cfg.base_model,
+        "config": asdict(cfg), "base_model": cfg.base_model, **architecture,
         "dataset": {"version": str(meta.get("version") or data_dir.name), "dir": str(data_dir),
                     "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if meta else None},
         "git": git_revision(), "world_size": accelerator.num_processes,

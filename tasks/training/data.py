@@ -69,10 +69,13 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 def encode_example(tokenizer: Any, messages: list[dict[str, str]]) -> Example:
     """Prompt tokens then answer tokens then end-of-turn; loss only on the answer and end-of-turn.
 
-    The prompt is tokenized on its own, as at inference time, so no BPE merge crosses the boundary.
+    The prompt is tokenized on its own, as at inference time, so no BPE merge crosses the boundary. The
+    end-of-turn token is the one the chat template closes an assistant turn with (``prompting.end_of_turn_id``).
     """
+    from tasks.answer.prompting import end_of_turn_id
+
     prompt = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    answer = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
     return Example(prompt + answer, [IGNORE] * len(prompt) + answer)
 
 

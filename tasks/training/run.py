@@ -70,7 +70,8 @@ def train_model(settings: Settings, data_dir: Path, version: str, profile_name: 
     threads = settings.models.torch_threads or max(1, free_cores() // max(1, profile.world_size))
     base = generator_source(settings.cache_dir, settings.models.generator).path
     args = {"data-dir": data_dir, "output-dir": run_dir, "base-model": base, "preset": preset, "method": method,
-            "threads": threads, "expect-world-size": profile.world_size, **(overrides or {})}
+            "threads": threads, "expect-world-size": profile.world_size,
+            "gradient-checkpointing": settings.training.gradient_checkpointing, **(overrides or {})}
     args["bf16"] = resolve_bf16(str(args.get("bf16", "auto")), profile, threads)
     cmd = launch_command(profile, [*_flags(args), *(["--resume"] if resume else [])])
     logger.info("launching %s (%s, %d process(es)) in %s", profile.name, method, profile.world_size, run_dir)

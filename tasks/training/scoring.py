@@ -121,10 +121,13 @@ def stratified(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
 
 # -- model side ---------------------------------------------------------------------------------------
 def load_model(path: Path) -> tuple[Any, Any]:
+    """The model on the GPU where there is one (fp32 weights, bf16 autocast where it pays), else the CPU."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from tasks.answer.prompting import load_tokenizer
+
+    tokenizer = load_tokenizer(path)  # its chat template or the fallback, as training rendered the prompts
     tokenizer.padding_side = "left"  # generation continues each prompt from its last token
     model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
@@ -153,7 +156,7 @@ def heldout_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_len
     scorer, total, count = AssistantTokenLoss(model), 0.0, 0
     with torch.inference_mode(), _autocast():
         for i in range(0, len(packed), 4):
-            batch = collate(packed[i : i + 4], tokenizer.eos_token_id)
+            batch = collate(packed[i : i + 4], tokenizer.pad_token_id)
             loss_sum, n = scorer(**{k: v.to(model.device) for k, v in batch.items()})
             total, count = total + float(loss_sum), count + int(n)
     loss = total / max(count, 1)
@@ -164,8 +167,10 @@ def generate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tok
     """Greedy answers, batched by prompt length (left padding), returned in ``rows`` order."""
     import torch
 
+    from tasks.answer.prompting import stop_token_ids
     from tasks.training.data import prompt_text
 
+    stops = stop_token_ids(tokenizer, model.generation_config)
     prompts = [prompt_text(tokenizer, r["messages"]) for r in rows]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, str] = {}
@@ -175,7 +180,7 @@ def generate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tok
         enc = enc.to(model.device)
         with torch.inference_mode(), _autocast():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                 top_k=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+                                 top_k=None, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
         for i, seq in zip(idx, out[:, enc["input_ids"].shape[1] :], strict=True):
             answers[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
     return [answers[i] for i in range(len(rows))]

@@ -28,8 +28,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 import tasks.runtime.cpu  # (offline mode before transformers is imported)
+from tasks.answer.prompting import load_tokenizer
 from tasks.training import attention as packed_attention
 from tasks.training import checkpoint as ckpt
+from tasks.training.architecture import AdapterTargets, adapter_targets, describe
 from tasks.training.config import TrainConfig, parse_config
 from tasks.training.data import DataError, collate, encode_rows, epoch_order, pack_examples, read_jsonl, seeded_sample
 from tasks.training.loss import AssistantTokenLoss
@@ -54,11 +56,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say = _printer(accelerator)
 
     # -- data ----------------------------------------------------------------------------------------
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress is our JSON lines; bars would interleave across processes
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)  # its chat template, or the role-tagged fallback (saved with the output)
     data_dir = Path(cfg.data_dir)
     train, dropped = encode_rows(tokenizer, read_jsonl(data_dir / "train.jsonl"), cfg.max_seq_len)
     eval_split = seeded_sample(read_jsonl(data_dir / "eval.jsonl"), cfg.max_eval_examples, cfg.seed)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_rows = pack_examples(train, cfg.max_seq_len, cfg.packing)
     eval_rows = pack_examples(held_out, cfg.max_seq_len, cfg.packing)
     order = epoch_order(len(train_rows), cfg.epochs, cfg.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
     rows_in_order: Any = [train_rows[i] for i in order]  # a list is a map-style dataset
     train_loader: DataLoader[Any] = DataLoader(rows_in_order, batch_size=cfg.batch_rows,
                                                collate_fn=lambda rows: collate(rows, pad))
@@ -81,8 +83,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if attention == packed_attention.NAME:
         packed_attention.register()
     lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation=attention)
-    if cfg.method == "lora":
-        lm = _with_lora(lm, cfg)
+    if cfg.gradient_checkpointing:  # recompute each block's activations in backward: memory for large models
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = adapter_targets(lm) if cfg.method == "lora" else None
+    architecture = describe(lm, targets)
+    if targets is not None:
+        lm = _with_lora(lm, cfg, targets)
     model = AssistantTokenLoss(lm)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.resolved_lr(), betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = iter(accelerator.skip_first_batches(train_loader, state.micro_batches))
     say("start", world_size=accelerator.num_processes, backend=accelerator.state.backend,
         device=str(accelerator.device), mixed_precision=accelerator.mixed_precision, threads=threads,
-        attention=attention, total_steps=total_steps, train_rows=len(train_rows), train_examples=len(train),
+        attention=attention, gradient_checkpointing=cfg.gradient_checkpointing, **architecture,
+        total_steps=total_steps, train_rows=len(train_rows), train_examples=len(train),
         dropped_too_long=dropped, eval_examples=len(held_out), trainable_params=sum(p.numel() for p in trainable))
 
     # -- loop ----------------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return {"event": "stopped", "step": state.step}
 
     # -- the output: best weights, merged, self-describing -------------------------------------------
-    result = ckpt.finish(accelerator, model, tokenizer, cfg, state, run_dir, data_dir)
+    result = ckpt.finish(accelerator, model, tokenizer, cfg, state, run_dir, data_dir, architecture)
     say("result", **result)
     accelerator.end_training()
     return result
@@ -193,12 +200,12 @@ def _token_counts(accelerator: Accelerator, micro: list[dict[str, Any]]) -> tupl
     return int(total), int(useful)
 
 
-def _with_lora(lm: Any, cfg: TrainConfig) -> Any:
+def _with_lora(lm: Any, cfg: TrainConfig, targets: AdapterTargets) -> Any:
+    """LoRA on every linear-like layer of the decoder blocks, found from the model (tasks/training/architecture.py)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets.modules, fan_in_fan_out=targets.transposed, task_type="CAUSAL_LM")
     return get_peft_model(lm, lora)
 
 
