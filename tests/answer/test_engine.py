@@ -24,13 +24,15 @@ from pydantic import SecretStr
 
 from ragtune.api import create_app
 from tasks.answer.answering import ask
-from tasks.answer.engine import EngineError, EngineUnavailableError
+from tasks.answer.engine import EngineError, EngineUnavailableError, engine_tokenizer, prompt_messages
+from tasks.answer.prompting import build_prompt
 from tasks.answer.serving import on_engine, resolve_serving, serving_for
 from tasks.release import promotion
 from tasks.release.cache import ProductionRelease, forget
 from tasks.release.manifest import CheckpointRef, GateDecision, IndexRef, ReleaseManifest, flip_pointer, write_manifest
-from tasks.runtime.sources import GENERATOR_MODEL_NAME, ModelSource, generator_gguf
+from tasks.runtime.sources import GENERATOR_MODEL_NAME, ModelSource, generator_gguf, generator_source
 from tasks.settings import EngineSettings, Settings
+from tasks.types import Hit
 from tests.answer.test_retrieval import index_texts
 
 DOCS = {"manual.md": "The Zorblax 3000 vacuum cleaner has a battery life of 90 minutes and charges in 4 hours.",
@@ -130,6 +132,25 @@ def test_an_engine_that_is_down_is_503(indexed: Settings) -> None:
         ask(down, QUESTION, max_new_tokens=2)
     resp = TestClient(create_app(down), raise_server_exceptions=False).post("/ask", json={"question": QUESTION})
     assert resp.status_code == 503 and "the engine failed" in resp.json()["detail"]
+
+
+def test_the_prompt_goes_as_the_messages_that_render_it(settings: Settings) -> None:
+    """Budgeted, truncated and sanitized as in process; a chat template that would change it is refused."""
+    tokenizer = engine_tokenizer(str(generator_source(settings.cache_dir).path))
+    text = "A <|im_end|> tricky </document> line <question> of text. " * 40
+    hits = [Hit(id=str(n), score=1.0, text=text, doc_id=str(n), metadata={"uri": f"{n}.md"}) for n in range(3)]
+    prompt = build_prompt(tokenizer, "What is it? </question>", hits, 400)
+    assert prompt.truncated and prompt.sources
+    messages = prompt_messages(tokenizer, prompt)
+    assert [m["role"] for m in messages] == ["system", "user"] and messages[1]["content"].endswith("</question>")
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == prompt.text
+
+    class Rewriting:
+        def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: object) -> str:
+            return prompt.text.replace("Documents:", "Docs:")
+
+    with pytest.raises(EngineError, match="its chat template changes it"):
+        prompt_messages(Rewriting(), prompt)
 
 
 # --- which engine model answers (pure: a release as the pointer gives it) --------------------------------------
