@@ -110,6 +110,8 @@ def test_every_arm_runs_and_a_rerun_reuses_the_trained_models(compare_settings: 
     report = compare_settings.data_dir / "compare" / "reports" / "compare_tiny"
     assert "## Difference against rag" in (report / "comparison.md").read_text()
     assert (report / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    assert latest_artifact("compare-approaches").startswith("# RAG, fine-tuning or both: 4 test questions")
+    assert latest_artifact("compare-approaches-chart").startswith("data:image/png;base64,")
 
     out = CliRunner().invoke(app, ["compare", str(qa), "--docs", str(docs), "--collection", "compare_tiny",
                                    "--arms", "finetune,raft", "--k", "3", "--preset", "test", "--full",
@@ -123,6 +125,16 @@ def test_every_arm_runs_and_a_rerun_reuses_the_trained_models(compare_settings: 
         assert again.arms[name].model == first.arms[name].model
     same = (*QUALITY, *GROUNDING)  # same questions, context and greedy decoding (latency aside)
     assert {k: again.arms["rag"].scores[k] for k in same} == {k: first.arms["rag"].scores[k] for k in same}
+
+
+def latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                            limit=1, sort="CREATED_DESC")
+    return str(artifact.data)
 
 
 def check_scores(result: Comparison) -> None:
