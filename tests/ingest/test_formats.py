@@ -7,14 +7,13 @@ through the real flow (Milvus Lite, real parsers and model, Prefect harness) and
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tasks.ingest.markup import page_markdown, split_front_matter
 from tasks.ingest.parsing import Element, ParseError, ParseLimits, parse_file
-from tasks.settings import Settings, get_settings
+from tasks.settings import Settings
 from tasks.stores.milvus import IndexClient
 
 LIMITS = ParseLimits(timeout_s=20, max_file_mb=2)
@@ -193,17 +192,6 @@ PAGES = {
                         "twice.\n</Steps>\n", "Setup guide > Installing", "wombat installer"),
     "plain.mdx": ("# Written heading\n\nNumbats eat termites all day.\n", "Written heading", "numbat termites"),
 }
-
-
-@pytest.fixture
-def env(settings: Settings, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """The flows read get_settings(): point it at this test's data dir, one parser, one torch thread."""
-    for key, value in {"INGEST__PARSE_WORKERS": "1", "INGEST__BATCH_DOCS": "4", "MODELS__TORCH_THREADS": "1",
-                       "MODELS__BF16": "false"}.items():
-        monkeypatch.setenv(f"RAGTUNE_{key}", value)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
 
 
 @pytest.mark.flow

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tasks.settings import Settings, get_settings
+from tasks.settings import Settings
 from tasks.stores.milvus import IndexClient
 
 pytestmark = pytest.mark.flow
@@ -45,17 +44,6 @@ QUARANTINED = {  # name -> the start of its quarantine reason
     "binary.txt": "undecodable text: no encoding decodes it",
 }
 SKIPPED = {"hidden": 2, "symlink": 4, "special file": 1, **({} if AS_ROOT else {"unreadable": 1})}
-
-
-@pytest.fixture
-def env(settings: Settings, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """The flows read get_settings(): point it at this test's data dir, one parser, one torch thread."""
-    for key, value in {"INGEST__PARSE_WORKERS": "1", "INGEST__BATCH_DOCS": "4", "MODELS__TORCH_THREADS": "1",
-                       "MODELS__BF16": "false"}.items():
-        monkeypatch.setenv(f"RAGTUNE_{key}", value)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
 
 
 def write_corpus(src: Path, outside: Path) -> None:

@@ -24,17 +24,6 @@ pytestmark = pytest.mark.flow
 TOPICS = ["walruses", "ibexes", "okapis", "tapirs", "kiwis", "lemurs"]
 
 
-@pytest.fixture
-def env(settings: Settings, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """The flows read get_settings(): point it at this test's data dir, one parser, one torch thread."""
-    for key, value in {"INGEST__PARSE_WORKERS": "1", "INGEST__BATCH_DOCS": "4", "MODELS__TORCH_THREADS": "1",
-                       "MODELS__BF16": "false"}.items():
-        monkeypatch.setenv(f"RAGTUNE_{key}", value)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
 def _write_docs(folder: Path, topics: list[str] = TOPICS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for topic in topics:
