@@ -77,12 +77,14 @@ def greedy(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -> t
     """The greedy answer, and the log-probabilities of its first token (the prompt's last position)."""
     import torch
 
+    from tasks.answer.prompting import stop_token_ids
+
     inputs = torch.tensor([ids], device=model.device)
+    stops = stop_token_ids(tokenizer, model.generation_config)  # the end of the assistant turn, as scoring stops
     with torch.inference_mode():
         out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
                              do_sample=False, temperature=None, top_p=None, top_k=None, output_logits=True,
-                             return_dict_in_generate=True, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.eos_token_id)
+                             return_dict_in_generate=True, eos_token_id=stops, pad_token_id=stops[0])
     text = str(tokenizer.decode(out.sequences[0, len(ids):], skip_special_tokens=True)).strip()
     return text, out.logits[0][0].float().log_softmax(-1)
 
