@@ -56,7 +56,8 @@ class ModelSettings(BaseModel):
     embedding_backend: str = Field("auto", pattern="^(auto|torch|onnx|onnx-int8)$", description=(
         "How the CPU runs the embedding model: torch (PyTorch fp32), onnx (ONNX Runtime fp32), onnx-int8 (dynamic "
         "int8, exported once into the cache); auto = the fastest measured on this host among those whose vectors "
-        "agree with torch fp32 (cosine >= 0.985). CUDA always runs torch (docs/ingestion.md)."))
+        "agree with torch fp32 (cosine >= 0.985); questions then run onnx (fp32). CUDA always runs torch "
+        "(docs/ingestion.md)."))
 
 
 class ReleaseSettings(BaseModel):

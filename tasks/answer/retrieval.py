@@ -46,17 +46,20 @@ def query_embedder(settings: Settings, frozen: bool = False) -> Any:
     per process and model settings, on the answering thread (``tasks.runtime.torch_thread.on_torch_thread``),
     where ``encode_queries`` runs it. Full precision on a GPU (one short question gains nothing from half).
 
+    Under ``models.embedding_backend=auto`` questions run in fp32 through ONNX (``QUERY_AUTO``) whatever the
+    documents ran: int8 questions lost SciFact nDCG@10, int8 documents did not (docs/ingestion.md).
     ``frozen``: accepted for callers of the retired TorchScript path; ONNX Runtime's session already encodes
-    a question in a third of eager PyTorch's time (docs/ingestion.md).
+    a question in a third of eager PyTorch's time.
     """
-    from tasks.ingest.embedding import Embedder
+    from tasks.ingest.embedding import QUERY_AUTO, Embedder
     from tasks.runtime.torch_thread import on_torch_thread
 
     m = settings.models
     key = (m.embedding, m.device, m.embedding_backend, m.torch_threads, settings.cache_dir)
     with _LOCK:
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = on_torch_thread(Embedder, m, bf16=False, cache_dir=settings.cache_dir)
+            backend = QUERY_AUTO if m.embedding_backend == "auto" else None
+            _EMBEDDERS[key] = on_torch_thread(Embedder, m, bf16=False, cache_dir=settings.cache_dir, backend=backend)
         return _EMBEDDERS[key]
 
 

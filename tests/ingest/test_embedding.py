@@ -92,6 +92,15 @@ def test_auto_measures_once_per_host_and_remembers(settings: Settings, monkeypat
     assert Embedder(settings.models, threads=1).backend == "torch"  # no cache: nothing to export into
 
 
+def test_questions_run_in_full_precision_under_auto(settings: Settings) -> None:
+    from tasks.answer.retrieval import query_embedder
+
+    questions = query_embedder(settings.model_copy(update={"models": settings.models.model_copy(
+        update={"embedding_backend": "auto"})}))
+    assert (questions.backend, questions.precision) == ("onnx", "fp32")
+    assert Embedder(settings.models, threads=1, backend="auto-queries").backend == "torch"  # no cache: PyTorch
+
+
 def test_a_backend_that_disagrees_with_fp32_is_refused_or_skipped(settings: Settings,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import tasks.ingest.embedding as embedding
