@@ -42,7 +42,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, milvus_
     env = {"RAGTUNE_DATA_DIR": str(home / "data"), "RAGTUNE_PREFECT__PORT": str(port),
            "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MILVUS__URI": milvus_server,
            "RAGTUNE_MODELS__TORCH_THREADS": "1", "RAGTUNE_MODELS__BF16": "false", "RAGTUNE_INGEST__PARSE_WORKERS": "1",
-           "RAGTUNE_INGEST__BATCH_DOCS": "2"}
+           "RAGTUNE_INGEST__BATCH_DOCS": "2",
+           # fp32 PyTorch: int8 ONNX scales activations per batch, so a text's vector depends on its batch-mates
+           "RAGTUNE_MODELS__EMBEDDING_BACKEND": "torch"}
     # The module's flows (the parent runs here) talk to this server, not to the session's test harness, whose
     # temporary settings would otherwise win over the environment.
     with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: api}):
