@@ -127,11 +127,11 @@ def prompt_messages(tokenizer: Any, prompt: Prompt) -> list[dict[str, str]]:
 
 @lru_cache(maxsize=4)
 def engine_tokenizer(path: str) -> Any:
-    """The tokenizer that measures the prompt budget (no model weights are loaded; HF_HUB_OFFLINE is set by
-    tasks.runtime, imported with tasks.answer.generation)."""
-    from transformers import AutoTokenizer
+    """The tokenizer that measures the prompt budget, with the chat template in-process answering uses (its own,
+    or the role-tagged fallback); no model weights are loaded."""
+    from tasks.answer.prompting import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer(path)
 
 
 def _error(exc: Exception, doing: str) -> EngineError:
