@@ -27,8 +27,8 @@ from ragtune import stack
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOYMENTS = {"ingest-documents", "reindex-document", "build-dataset", "finetune-model", "finetune-model-gpu",
-               "promote-release", "release-pipeline", "compare-approaches"}
+DEPLOYMENTS = {"ingest-documents", "ingest-documents-gpu", "reindex-document", "build-dataset", "finetune-model",
+               "finetune-model-gpu", "promote-release", "release-pipeline", "compare-approaches"}
 
 
 class Webhook(BaseHTTPRequestHandler):
@@ -196,6 +196,7 @@ def test_register_deploys_every_deployment_with_schedules_and_triggers(registere
     assert found["reindex-document"]["triggers"] == ["reindex-on-document-event"]
     assert found["release-pipeline"]["triggers"] == ["release-after-large-ingest"]
     assert found["finetune-model-gpu"]["work_pool"] == GPU_POOL
+    assert found["ingest-documents-gpu"]["work_pool"] == GPU_POOL and found["ingest-documents-gpu"]["schedules"] == []
     assert registered["failure_automation"]["notifies"] == "send-notification"
 
 
