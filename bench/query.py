@@ -5,7 +5,7 @@
 
 Retrieval: p50/p95 of one question's embed + search, timed around ``tasks.answer.retrieval.retrieve`` by the serving
 alias as `ragtune serve` calls it (alias resolved, embedding model checked, the question encoded with the real
-all-MiniLM-L6-v2, traced and frozen as serve loads it, top 10 chunks searched), against Milvus Lite and a
+all-MiniLM-L6-v2, loaded as serve loads it, top 10 chunks searched), against Milvus Lite and a
 Milvus 2.3 server holding ``rows`` synthetic chunks (random unit vectors; Zipf word texts so BM25 has
 postings), beside numpy brute-force top-k over the very same vectors. Milvus Lite is timed with ragtune's
 search patch (tasks/stores/milvus_lite/search.py) and then with upstream's search code, dense and hybrid
@@ -273,7 +273,7 @@ def main() -> None:
     lite_uri = str(settings.data_dir / "bench" / f"query-{args.rows}.db")
     Path(lite_uri).parent.mkdir(parents=True, exist_ok=True)
     _, build_s = build_collection(lite_uri, vectors, texts)
-    query_embedder(settings, frozen=True)  # as `ragtune serve` loads it
+    query_embedder(settings)  # as `ragtune serve` loads it
     load_before = os.getloadavg()[0]
     lite = lite_latency(top_k_settings(settings), lite_uri, queries)
     dense, hybrid = lite["dense"], lite["hybrid"]

@@ -91,7 +91,7 @@ def serve(
     else:
         serving_generator(serving, settings.answer)  # load before the first request, not during it
         model = serving.model_name
-    query_embedder(settings, frozen=True)  # traced once: 5-7 ms a question instead of 11-15
+    query_embedder(settings)  # loaded before the first request, not during it
     token = settings.answer.api_token.get_secret_value()
     auth = "bearer token required" if token else "no auth (set RAGTUNE_ANSWER__API_TOKEN)"
     typer.echo(f"serving {serving.collection} with {model}; {auth}")

@@ -115,17 +115,18 @@ def test_answer_cites_the_indexed_document(kb: Settings) -> None:
     assert {"embed_s", "search_s", "generate_s", "first_token_s"} <= set(answer.timings)
 
 
-def test_the_query_encoder_is_frozen_only_for_many_questions(settings: Settings, monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
-    """`ragtune ask` (one question) keeps the eager encoder; `ragtune serve` freezes the same one at load."""
-    monkeypatch.setattr(retrieval, "_EMBEDDERS", {})  # this test's freeze must not leak into other tests
+def test_one_query_encoder_per_process_and_questions_in_full_precision(settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ragtune serve` loads the query encoder once; under the auto backend questions run fp32 (never int8),
+    with the vectors PyTorch fp32 gives."""
+    monkeypatch.setattr(retrieval, "_EMBEDDERS", {})  # this test's encoder must not leak into other tests
     questions = ["How long does the battery last?", "Which port does the metrics endpoint use on the server?"]
-    eager = query_embedder(settings)
-    assert eager._frozen is None
-    before = eager.encode(questions)
-    assert query_embedder(settings, frozen=True) is eager and eager._frozen is not None
-    assert query_embedder(settings)._frozen is not None  # still frozen for the process's next caller
-    np.testing.assert_allclose(eager.encode(questions), before, atol=1e-5)
+    encoder = query_embedder(settings)
+    assert query_embedder(settings) is encoder and encoder.precision == "fp32"
+    torch_settings = settings.model_copy(update={"models": settings.models.model_copy(
+        update={"embedding_backend": "torch"})})
+    reference = query_embedder(torch_settings).encode_queries(questions)
+    np.testing.assert_allclose(encoder.encode_queries(questions), reference, atol=1e-4)
 
 
 def test_an_open_client_sees_an_alias_switched_by_another(kb: Settings) -> None:
