@@ -27,6 +27,7 @@ from ragtune import stack
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+NAMED_BY_THE_RUN = {"reindex-document": {"uris"}, "compare-approaches": {"questions"}}  # no sensible default
 DEPLOYMENTS = {"ingest-documents", "ingest-documents-gpu", "reindex-document", "build-dataset", "finetune-model",
                "finetune-model-gpu", "promote-release", "release-pipeline", "compare-approaches"}
 
@@ -209,8 +210,9 @@ def test_every_deployment_runs_from_the_ui_without_edits(orch: Settings, registe
         undescribed = [k for k, v in schema["properties"].items() if not v.get("description")]
         assert not undescribed, f"{name}: form fields without a description: {undescribed}"
         missing = set(schema.get("required", [])) - set(deployment.parameters)
-        # reindex-document is event-driven: its trigger supplies the document; a UI run has to name one
-        assert missing == ({"uris"} if name == "reindex-document" else set()), f"{name}: no default for {missing}"
+        # reindex-document is event-driven: its trigger supplies the document; a UI run has to name one.
+        # compare-approaches compares on the user's own questions: a UI run has to name the QA file.
+        assert missing == NAMED_BY_THE_RUN.get(name, set()), f"{name}: no default for {missing}"
         schedules = client_call(orch, "read_deployment_schedules", deployment.id)
         assert all(s.active for s in schedules)
     pipeline = client_call(orch, "read_deployment", by_name(registered)["release-pipeline"]["id"])

@@ -96,6 +96,19 @@ def own_s3(settings: Settings, prefect_harness: None, tmp_path: Path) -> Iterato
     stack.stop(service)
 
 
+def _wait_until_s3_reads(store: S3Store, timeout_s: float = 30.0) -> None:
+    """A restarted SeaweedFS answers its health check a moment before its filer serves objects (InternalError)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            read_pointer(store)
+            return
+        except S3Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_s3_stopped_mid_upload_fails_clearly_and_production_stays(own_s3: tuple[Settings, stack.Service],
                                                                   tmp_path: Path) -> None:
     settings, service = own_s3
@@ -120,6 +133,7 @@ def test_s3_stopped_mid_upload_fails_clearly_and_production_stays(own_s3: tuple[
     served = production_release(settings)  # S3 is down: the last pointer read here keeps serving
     assert served is not None and served.release_id == release_1 and served.from_cache
     stack.start(service)
+    _wait_until_s3_reads(store)
     assert_serving(settings, release_1)
     assert len(list_releases(store, include_unserved=True)) == 1  # no manifest from the failed run
     leftovers = {o.key for o in store.list("checkpoints/")} - known
