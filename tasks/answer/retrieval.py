@@ -41,15 +41,13 @@ class Retrieval:
     note: str = ""
 
 
-def query_embedder(settings: Settings, frozen: bool = False) -> Any:
+def query_embedder(settings: Settings) -> Any:
     """The ingestion path's Embedder (same model, prompts, pooling, normalisation, backend choice), loaded once
     per process and model settings, on the answering thread (``tasks.runtime.torch_thread.on_torch_thread``),
     where ``encode_queries`` runs it. Full precision on a GPU (one short question gains nothing from half).
 
     Under ``models.embedding_backend=auto`` questions run in fp32 through ONNX (``QUERY_AUTO``) whatever the
     documents ran: int8 questions lost SciFact nDCG@10, int8 documents did not (docs/ingestion.md).
-    ``frozen``: accepted for callers of the retired TorchScript path; ONNX Runtime's session already encodes
-    a question in a third of eager PyTorch's time.
     """
     from tasks.ingest.embedding import QUERY_AUTO, Embedder
     from tasks.runtime.torch_thread import on_torch_thread

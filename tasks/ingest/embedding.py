@@ -106,11 +106,6 @@ class Embedder:
         """Unit query vectors: as ``encode``, with the model's query prompt (if it defines one)."""
         return self._on_thread(texts, batch_size, "query")
 
-    def freeze_for_queries(self) -> bool:
-        """Kept for callers of the retired TorchScript query path: a backend's session serves questions as it
-        is (docs/ingestion.md, the query latency). Always False."""
-        return False
-
     def _on_thread(self, texts: Sequence[str], batch_size: int, kind: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
