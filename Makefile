@@ -8,7 +8,7 @@ DOCS ?= examples/docs
 EXAMPLES ?= examples/support.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint bench clean-data stack-up stack-down
+.PHONY: demo test test-ui test-all lint bench clean-data stack-up stack-down
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing ragtune (first run only)"
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Opt-in tier: compare-approaches' artifacts rendered by a real Prefect UI in headless Chromium (Debian's package).
+CHROMIUM ?= chromium
+test-ui: $(STAMP)
+	@command -v $(CHROMIUM) >/dev/null || $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y --no-install-recommends chromium
+	RAGTUNE_TEST_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m ui -s tests/ui $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/mypy flows tasks ragtune
