@@ -24,7 +24,8 @@ def promote_release(candidate: steps.Candidate, gate: steps.GateConfig | None = 
     """Gate -> upload (verified) -> manifest -> pointer flip -> alias move -> retention.
 
     Args:
-        candidate: What to promote (collection generation and/or checkpoint); an empty part keeps production's.
+        candidate: What to promote (collection generation, checkpoint and/or the name an OpenAI-compatible engine
+            serves it under); an empty part keeps production's.
         gate: How candidate and production are evaluated in this run; empty = defaults.
         force: Promote even if the gate refuses (recorded in the manifest).
         settings: Leave empty: the worker's settings (RAGTUNE_*) are used.
@@ -52,8 +53,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--collection")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--served-model")
     parser.add_argument("--questions")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    print(promote_release(steps.Candidate(collection=args.collection, checkpoint=args.checkpoint),
+    print(promote_release(steps.Candidate(collection=args.collection, checkpoint=args.checkpoint,
+                                          served_model=args.served_model),
                           steps.GateConfig(questions=args.questions), args.force).model_dump(mode="json"))

@@ -34,6 +34,9 @@ def promote(
     mode: str = typer.Option(None, help="Retrieval mode for the gate: dense, bm25 or hybrid."),
     model_dataset: str = typer.Option(None, help="Dataset version whose eval split gates the model."),
     dataset_version: str = typer.Option(None, help="Dataset version the checkpoint was trained on."),
+    served_model: str = typer.Option(None, help="Name an OpenAI-compatible engine serves the release's model under "
+                                     "(model or LoRA adapter; engine.kind=openai); empty keeps production's for "
+                                     "production's checkpoint, else the engine's configured model."),
     force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (recorded in the manifest)."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -42,10 +45,10 @@ def promote(
     from tasks.release.promotion import Candidate, GateConfig
     from tasks.settings import get_settings
 
-    if not collection and not checkpoint:
-        raise UserError("give --collection and/or --checkpoint: nothing to promote")
+    if not collection and not checkpoint and not served_model:
+        raise UserError("give --collection, --checkpoint and/or --served-model: nothing to promote")
     result = promote_release(Candidate(collection=collection, checkpoint=checkpoint, alias=alias,
-                                       dataset_version=dataset_version),
+                                       dataset_version=dataset_version, served_model=served_model),
                              GateConfig(questions=questions, docs_root=docs_root, k=k, mode=mode,
                                         model_dataset=model_dataset), force, get_settings())
     emit(result, as_json, _promoted)
@@ -73,6 +76,7 @@ def releases(all_: bool = typer.Option(False, "--all", help="Also list half-writ
              "production": i.production, "served": i.served, "parent": i.manifest.parent,
              "collection": i.manifest.index.generation if i.manifest.index else None,
              "checkpoint": i.manifest.model.checkpoint_id if i.manifest.model else None,
+             "served_model": i.manifest.served_model,
              "forced": i.manifest.forced, "metrics": i.manifest.gate.candidate}
             for i in list_releases(store_for(get_settings()), include_unserved=all_)]
     emit({"releases": rows}, as_json, _table)
@@ -85,8 +89,9 @@ def _table(result: dict[str, Any]) -> str:
     for r in result["releases"]:
         mark = "*" if r["production"] else (" " if r["served"] else "?")
         metrics = " ".join(f"{k}={v:.3f}" for k, v in sorted(r["metrics"].items()))
+        served = f" as {r['served_model']}" if r["served_model"] else ""
         lines.append(f"{mark} {r['release_id']}  {r['created']}  {r['collection'] or '-'}  "
-                     f"{r['checkpoint'] or 'base model'}  {metrics}{'  FORCED' if r['forced'] else ''}")
+                     f"{r['checkpoint'] or 'base model'}{served}  {metrics}{'  FORCED' if r['forced'] else ''}")
     return "\n".join([*lines, "(* production, ? never served)"])
 
 
@@ -98,7 +103,8 @@ def rollback(release: str = typer.Argument(None, help="Release to serve; default
     from tasks.settings import get_settings
 
     emit(rollback_production(get_settings(), release), as_json,
-         lambda r: f"production is release {r['release_id']} (was {r['previous']})")
+         lambda r: f"production is release {r['release_id']} (was {r['previous']})"
+                   + (f"; the engine serves {r['served_model']}" if r.get("served_model") else ""))
 
 
 @clear_errors

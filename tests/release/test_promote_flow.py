@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,67 @@ def test_model_gate_refuses_a_worse_checkpoint(env: Settings, tmp_path: Path, mo
         promote_release(promotion.Candidate(checkpoint=str(worse)), promotion.GateConfig(model_dataset=version),
                         settings=env)
     assert read_pointer(store).release_id == forced.release_id  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def engine_env(env: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """``env`` as the CLI reads it (RAGTUNE_*), answering through an OpenAI-compatible engine."""
+    from tasks.settings import get_settings
+
+    for key, value in {"S3__PORT": str(env.s3.port), "S3__BUCKET": env.s3.bucket, "S3__PREFIX": env.s3.prefix,
+                       "MILVUS__URI": env.milvus.uri, "MODELS__TORCH_THREADS": "1", "ENGINE__KIND": "openai",
+                       "ENGINE__BASE_URL": "http://engine.invalid/v1", "ENGINE__MODEL": "base"}.items():
+        monkeypatch.setenv(f"RAGTUNE_{key}", value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_cli_promotion_and_rollback_switch_the_served_model_with_the_index(engine_env: Settings,
+                                                                           tmp_path: Path) -> None:
+    """`ragtune promote --served-model`: what the OpenAI-compatible engine serves moves with the index and the
+    checkpoint; a promotion naming only a new name keeps both; rollback brings the previous pair back."""
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    def serving() -> tuple[str, str]:
+        forget()
+        found = resolve_serving(engine_env)
+        return found.collection, found.engine_model
+
+    nothing = CliRunner().invoke(app, ["promote"])
+    assert nothing.exit_code == 1 and "--served-model: nothing to promote" in nothing.stderr
+    g1, g2 = build_generation(engine_env, dict(list(PAGES.items())[:3])), build_generation(engine_env, PAGES)
+    first = cli("promote", "--collection", g1, "--checkpoint", tiny_checkpoint(tmp_path / "a"),
+                "--served-model", "docs-ft-a")
+    assert first["promoted"] and serving() == (g1, "docs-ft-a")
+    second = cli("promote", "--collection", g2, "--checkpoint", tiny_checkpoint(tmp_path / "b"),
+                 "--served-model", "docs-ft-b")
+    assert second["promoted"] and serving() == (g2, "docs-ft-b")
+    renamed = cli("promote", "--served-model", "docs-ft-b2")  # the engine's new name for production's model
+    assert renamed["promoted"] and serving() == (g2, "docs-ft-b2")
+    rows = {r["release_id"]: r for r in cli("releases")["releases"]}
+    assert [rows[r["release_id"]]["served_model"] for r in (first, second, renamed)] == \
+        ["docs-ft-a", "docs-ft-b", "docs-ft-b2"]
+    assert rows[renamed["release_id"]]["checkpoint"] == rows[second["release_id"]]["checkpoint"]
+    assert cli("promote", "--served-model", "docs-ft-b2")["unchanged"]
+
+    assert cli("rollback")["served_model"] == "docs-ft-b" and serving() == (g2, "docs-ft-b")
+    assert cli("rollback", first["release_id"])["served_model"] == "docs-ft-a" and serving() == (g1, "docs-ft-a")
+
+
+def cli(*args: str) -> dict:
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    out = CliRunner().invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tiny_checkpoint(root: Path) -> str:
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"model_type": "llama", "tag": root.name}))
+    return str(root)
