@@ -92,17 +92,17 @@ def trainer_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import (
         AutoModelForCausalLM,
-        AutoTokenizer,
         DataCollatorForSeq2Seq,
         Trainer,
         TrainerCallback,
         TrainingArguments,
     )
 
+    from tasks.answer.prompting import load_tokenizer
     from tasks.training.data import encode_rows, read_jsonl
 
     torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)  # as our script loads it: the same rendered examples and pad token
     examples, _ = encode_rows(tokenizer, read_jsonl(args.data / "train.jsonl"), args.max_seq_len)
     features = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e)} for e in examples]
     pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)

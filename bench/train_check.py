@@ -30,12 +30,13 @@ from tasks.training.launch import launch_command, launch_env, load_profile, reso
 def packed_loss_check(model_dir: Path, data: Path, device: str) -> dict[str, Any]:
     """Relative gap between a packed batch's summed loss and the sum of its examples' separate losses."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from tasks.answer.prompting import load_tokenizer
     from tasks.training.data import PackedRow, collate, encode_rows, pack_examples, read_jsonl
     from tasks.training.loss import AssistantTokenLoss
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)  # as training loads it: its chat template or the fallback, a pad token
     examples, _ = encode_rows(tokenizer, read_jsonl(data / "train.jsonl")[:12], 1024)
     lm: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     loss = AssistantTokenLoss(lm.to(device)).eval()
@@ -107,10 +108,12 @@ def resume_check(args: argparse.Namespace, profile: str, work: Path) -> dict[str
 def output_check(model_dir: Path, device: str) -> dict[str, Any]:
     """The run's model/ is a plain transformers model (LoRA merged) that generates."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tasks.answer.prompting import load_tokenizer
 
     files = sorted(p.name for p in model_dir.iterdir())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     lm: Any = AutoModelForCausalLM.from_pretrained(model_dir)
     lm = lm.to(device)
     prompt: Any = tokenizer.apply_chat_template([{"role": "user", "content": "Where is my order?"}],

@@ -101,6 +101,36 @@ def test_models_check_works_with_the_network_unplugged(model_cache: Path, tmp_pa
     assert result["spacy"]["sentences"] == 2
 
 
+@pytest.mark.flow
+def test_models_check_takes_a_generator_without_a_chat_template(settings: Settings, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's model folder whose tokenizer has no chat template (a GPT-2-style base model) is checked with
+    the role-tagged fallback template, as training and answering load it."""
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+    from tasks.settings import get_settings
+    from tests.training.test_architectures import build_model, build_tokenizer
+
+    folder = tmp_path / "tiny-gpt2"
+    tokenizer = build_tokenizer("gpt2")
+    build_model("gpt2", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert not AutoTokenizer.from_pretrained(folder).chat_template
+    monkeypatch.setenv("RAGTUNE_MODELS__GENERATOR", str(folder))
+    monkeypatch.setenv("RAGTUNE_MODELS__TORCH_THREADS", "1")
+    get_settings.cache_clear()
+    try:
+        out = CliRunner().invoke(app, ["models", "check", "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    generator = json.loads(out.stdout.strip().splitlines()[-1])["generator"]
+    assert generator["origin"] == f"settings: {folder}" and generator["generate_s"] > 0
+    assert isinstance(generator["sample"], str)
+
+
 def test_s3_round_trip_and_wrong_credentials(s3_settings: Settings) -> None:
     store = S3Store(s3_settings)
     store.ensure_bucket()

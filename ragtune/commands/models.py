@@ -46,13 +46,15 @@ def _check_embedder(settings: Any) -> dict[str, Any]:
 
 
 def _check_generator(settings: Any) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from tasks.answer.prompting import load_tokenizer
     from tasks.runtime.sources import generator_source
 
     source, prepare_s = _timed(lambda: generator_source(settings.cache_dir, settings.models.generator))
+    # As training and answering load it: its chat template, or the role-tagged fallback.
     (model, tokenizer), load_s = _timed(
-        lambda: (AutoModelForCausalLM.from_pretrained(source.path), AutoTokenizer.from_pretrained(source.path)))
+        lambda: (AutoModelForCausalLM.from_pretrained(source.path), load_tokenizer(source.path)))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)
     out, gen_s = _timed(lambda: model.generate(**prompt, max_new_tokens=8, do_sample=False))
