@@ -53,11 +53,13 @@ class ModelSettings(BaseModel):
                        "fp16 always). CPUs embed in fp32 or int8 (models.embedding_backend).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Embedding device: auto = CUDA "
                         "when torch sees one, else cpu; cpu; cuda or cuda:N (refused with a reason when absent).")
-    embedding_backend: str = Field("auto", pattern="^(auto|torch|onnx|onnx-int8)$", description=(
+    embedding_backend: str = Field("auto", pattern="^(auto|torch|onnx|onnx-int8|openvino|openvino-int8)$",
+                                   description=(
         "How the CPU runs the embedding model: torch (PyTorch fp32), onnx (ONNX Runtime fp32), onnx-int8 (dynamic "
-        "int8, exported once into the cache); auto = the fastest measured on this host among those whose vectors "
-        "agree with torch fp32 (cosine >= 0.985); questions then run onnx (fp32). CUDA always runs torch "
-        "(docs/ingestion.md)."))
+        "int8, exported once into the cache), openvino (OpenVINO fp32), openvino-int8 (static int8 by NNCF, "
+        "calibrated on the first chunk texts it embeds, cached); auto = the fastest measured on this host among "
+        "those whose vectors agree with torch fp32 (cosine >= 0.985); questions then run onnx (fp32). CUDA always "
+        "runs torch (docs/ingestion.md)."))
 
 
 class ReleaseSettings(BaseModel):

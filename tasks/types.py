@@ -82,7 +82,8 @@ class IndexMeta:
     bm25: bool = True
     record_version: int = RECORD_VERSION
     analyzer: str = ""  # BM25 terms: "" = Milvus' standard tokenizer on the raw text, else tasks.stores.analyzer's name
-    # how the creating run embedded (tasks.ingest.embedding): "torch"/"onnx"/"onnx-int8" on "cpu"/"cuda";
+    # how the creating run embedded (tasks.ingest.embedding): "torch", "onnx", "onnx-int8", "openvino" or
+    # "openvino-int8" on "cpu"/"cuda";
     # "" = before ragtune recorded it (PyTorch fp32)
     embedding_backend: str = ""
     embedding_precision: str = ""  # fp32, fp16, bf16 or int8; "" = fp32

@@ -8,16 +8,21 @@ threads that never exceed the free cores, re-measured between passes (a run's pa
 cores while they parse and give them back), and the choice of backend.
 
 Backends on a CPU (``models.embedding_backend``): PyTorch fp32, the same network exported to ONNX Runtime in
-fp32, or dynamically quantized to int8 (tasks.runtime.loading.onnx_network; exported once into the cache).
-Each is checked against PyTorch fp32 on probe sentences when it loads (``_MIN_COSINE``: int8 moves vectors,
-fp32 ONNX only rounds them); "auto" keeps the fastest of those that pass on a realistic batch, measured
-once per host and model and remembered in the cache (a cold one-document re-index must not time three
-backends); questions under "auto" run fp32 ONNX instead (``QUERY_AUTO``). On CUDA the model runs in
-PyTorch, bf16 or fp16.
+fp32 or dynamically quantized to int8 (tasks.runtime.loading.onnx_network; exported once into the cache), or
+that export on OpenVINO in fp32 or statically quantized to int8 by NNCF (tasks.runtime.openvino_network),
+calibrated on the first ``CALIBRATION_TEXTS`` chunk texts this embedder is given (OpenVINO fp32 runs until
+then; the calibrated model is cached and later processes load it). Each is checked against PyTorch fp32 on
+probe sentences when it loads (``_MIN_COSINE``: int8 moves vectors, fp32 only rounds them); "auto" keeps the
+fastest of those that pass on a realistic batch, measured once per host and model and remembered in the
+cache (a cold one-document re-index must not time five backends); questions under "auto" run fp32 ONNX
+instead (``QUERY_AUTO``). On CUDA the model runs in PyTorch, bf16 or fp16. The networks stand in for the
+transformers model inside sentence-transformers only on a release they were tested in
+(``network_swap_tested``); on another every CPU backend is PyTorch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -36,9 +41,12 @@ from tasks.runtime.loading import (
     EmbeddingDeviceError,
     embedding_cache,
     load_embedder,
+    network_swap_tested,
     onnx_network,
+    openvino_network,
     resolve_device,
 )
+from tasks.runtime.openvino_network import calibrated, quantize_static, remember
 from tasks.runtime.sources import embedding_source
 from tasks.runtime.torch_thread import on_torch_thread
 from tasks.settings import ModelSettings
@@ -46,8 +54,9 @@ from tasks.settings import ModelSettings
 _MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: keeps activations small for long texts
 # least cosine to PyTorch fp32 over the probe sentences: fp32 ONNX only rounds; int8 measured 0.991-0.995 on them
 # (0.96 on a two-letter text: short texts move most) and SciFact's nDCG@10 moved by docs/ingestion.md's figure
-_MIN_COSINE = {"onnx": 0.9999, "onnx-int8": 0.985}
-PRECISION = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
+_MIN_COSINE = {"onnx": 0.9999, "onnx-int8": 0.985, "openvino": 0.9999, "openvino-int8": 0.985}
+PRECISION = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8", "openvino": "fp32", "openvino-int8": "int8"}
+CALIBRATION_TEXTS = 128  # chunk texts static int8 is calibrated on: as close to fp32 as 256 and half the time (docs)
 # Questions under "auto": full precision, ONNX (a short question: 4 ms against eager PyTorch's 13). int8 questions
 # cost SciFact nDCG@10 0.006, int8 documents with fp32 questions none (docs/ingestion.md).
 QUERY_AUTO = "auto-queries"
@@ -76,6 +85,7 @@ class Embedder:
         self.agreement: dict[str, float] = {}  # least cosine of each loaded backend to PyTorch fp32
         self._transformer: Any = self.model[0]
         self._networks: dict[str, Any] = {"torch": self._transformer.model}
+        self._calibration_set: list[str] | None = None  # openvino-int8 before calibration: the texts collected
         if self.device != "cpu":
             self.backend, self.precision = "torch", self._half(models.bf16 and bf16 is not False)
         else:
@@ -118,6 +128,8 @@ class Embedder:
         lengths = self.tokenizer([prompt + t for t in texts], truncation=True, max_length=self.max_length,
                                  return_length=True)["length"]
         batches = list(_batches(np.argsort(lengths, kind="stable"), lengths, batch_size))
+        if kind == "document" and self.backend == "openvino-int8" and self._calibration_set is not None:
+            self._collect(texts)
         gauge = self._gauge if len(batches) > 1 else None  # one pass (a query, a small document): no sampling
         others = gauge.others(settle_s=0.05) if gauge else None  # cores busy right now
         for batch in batches:
@@ -162,9 +174,12 @@ class Embedder:
         PyTorch fp32), for "auto" the fastest that agrees, remembered per host and model in the cache, and for
         "auto-queries" ONNX fp32 where it loads, else PyTorch (``QUERY_AUTO``)."""
         if wanted == QUERY_AUTO:
-            return "onnx" if self._cache_dir is not None and self._load("onnx") else "torch"
+            usable = self._cache_dir is not None and network_swap_tested()
+            return "onnx" if usable and self._load("onnx") else "torch"
         if wanted not in ("auto", *BACKENDS):
             raise EmbeddingDeviceError(f"unknown embedding backend {wanted!r}: use auto, {', '.join(BACKENDS)}")
+        if wanted != "torch" and not network_swap_tested():
+            return "torch"
         if wanted != "auto":
             if wanted != "torch":
                 self._load(wanted, strict=True)
@@ -175,7 +190,7 @@ class Embedder:
         if remembered.exists():
             choice = json.loads(remembered.read_text())
             if choice.get("backend") in BACKENDS and (choice["backend"] == "torch" or self._load(choice["backend"])):
-                self.calibration = choice.get("seconds", {})
+                self.calibration = {**choice.get("seconds", {}), **self.calibration}
                 return str(choice["backend"])
         return self._measure(remembered)
 
@@ -183,17 +198,16 @@ class Embedder:
         """Load ``backend``'s network and check its vectors against PyTorch fp32's on the probe sentences."""
         if backend in self._networks:
             return True
+        self._transformer.model = self._networks["torch"]  # what the export reads
         try:
-            network = onnx_network(self.model, self._dir, self._need_cache(), int8=backend.endswith("int8"))
+            self._networks[backend] = self._network(backend)
         except ImportError as exc:
             if strict:
-                raise EmbeddingDeviceError(f"embedding backend {backend!r} needs onnxruntime and onnx "
-                                           f"({exc}): pip install onnxruntime onnx") from None
+                needs = "openvino nncf" if backend.startswith("openvino") else "onnxruntime onnx"
+                raise EmbeddingDeviceError(f"embedding backend {backend!r} needs {needs} ({exc}): "
+                                           f"pip install {needs}") from None
             return False
-        self._networks[backend] = network
-        cosine = float((self._pass(_PROBES, "document", backend) * self._pass(_PROBES, "document", "torch"))
-                       .sum(axis=1).min())
-        self.agreement[backend] = round(cosine, 5)
+        cosine = self._agreement(backend)
         if cosine >= _MIN_COSINE[backend]:
             return True
         del self._networks[backend]
@@ -203,6 +217,67 @@ class Embedder:
             raise EmbeddingDeviceError(why + ": use RAGTUNE_MODELS__EMBEDDING_BACKEND=torch")
         log.warning("%s: not used", why)
         return False
+
+    def _network(self, backend: str) -> Any:
+        if not backend.startswith("openvino"):
+            return onnx_network(self.model, self._dir, self._need_cache(), int8=backend.endswith("int8"))
+        network = openvino_network(self.model, self._dir, self._need_cache())
+        if backend == "openvino-int8":
+            if importlib.util.find_spec("nncf") is None:
+                raise ImportError("No module named 'nncf'")
+            if found := calibrated(embedding_cache(self._need_cache(), self._dir)):
+                network.use(found[0])
+                self.calibration["openvino_int8_calibration_texts"] = found[1].get("texts", 0)
+            else:
+                self._calibration_set = []  # fp32 until the first chunk texts arrive (``_collect``)
+        return network
+
+    def _agreement(self, backend: str) -> float:
+        """Least cosine of ``backend``'s vectors to PyTorch fp32's over the probe sentences."""
+        cosine = float((self._pass(_PROBES, "document", backend) * self._pass(_PROBES, "document", "torch"))
+                       .sum(axis=1).min())
+        self.agreement[backend] = round(cosine, 5)
+        return cosine
+
+    def _collect(self, texts: Sequence[str]) -> None:
+        """Static int8's calibration set: chunk texts spread over this call, up to ``CALIBRATION_TEXTS`` over
+        calls; then calibrate (this embedder's first documents of a run)."""
+        assert self._calibration_set is not None
+        wanted = CALIBRATION_TEXTS - len(self._calibration_set)
+        self._calibration_set += list(texts[:: max(1, len(texts) // wanted)][:wanted])
+        if len(self._calibration_set) >= CALIBRATION_TEXTS:
+            texts, self._calibration_set = self._calibration_set, None
+            try:
+                self._calibrate(texts)
+            except Exception as exc:  # a run must not fail for a faster path: OpenVINO fp32 embeds on
+                self.precision = "fp32"
+                log.warning("static int8 calibration failed (%s: %s): embedding in OpenVINO fp32",
+                            type(exc).__name__, exc)
+
+    def _calibrate(self, texts: list[str]) -> None:
+        """Quantize the OpenVINO network on ``texts`` (as the model tokenizes documents); keep it if it agrees
+        with PyTorch fp32 (then later processes load it), else stay in fp32 and say why."""
+        start = time.perf_counter()
+        network = self._networks["openvino-int8"]
+        folder = embedding_cache(self._need_cache(), self._dir)
+        int8, fp32 = quantize_static(folder / "model.onnx", self._samples(texts), folder), network.source
+        network.use(int8)
+        cosine = self._agreement("openvino-int8")
+        seconds = round(time.perf_counter() - start, 3)
+        self.calibration.update(openvino_int8_calibration_texts=len(texts), openvino_int8_calibration_s=seconds)
+        if cosine >= _MIN_COSINE["openvino-int8"]:
+            remember(folder, int8, {"texts": len(texts), "agreement": round(cosine, 5), "seconds": seconds})
+            return
+        network.use(fp32)
+        self.precision = "fp32"
+        log.warning("static int8 calibrated on %d texts agrees with PyTorch fp32 only to cosine %.4f (needs %s) "
+                    "on %s: embedding in OpenVINO fp32", len(texts), cosine, _MIN_COSINE["openvino-int8"], self.name)
+
+    def _samples(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        """One calibration sample per text, tokenized as the model tokenizes documents (prompt included)."""
+        names, prompt = self._networks["openvino-int8"].names, self._prompt("document") or None
+        return [{k: v.numpy() for k, v in self.model.preprocess([t], prompt=prompt).items() if k in names}
+                for t in texts]
 
     def _need_cache(self) -> Path:
         if self._cache_dir is None:
@@ -214,12 +289,19 @@ class Embedder:
         candidates = ["torch", *(b for b in BACKENDS[1:] if self._load(b))]
         batch = [" ".join(f"word{(i * 7 + j) % 500}" for j in range(60)) for i in range(16)]
         best = dict.fromkeys(candidates, float("inf"))
+        uncalibrated = self._networks["openvino-int8"] if "openvino-int8" in candidates and \
+            self._calibration_set is not None else None
+        if uncalibrated is not None:  # no corpus seen yet: its speed, calibrated on the timing batch itself
+            fp32, folder = uncalibrated.source, embedding_cache(self._need_cache(), self._dir)
+            uncalibrated.use(quantize_static(folder / "model.onnx", self._samples(batch), folder))
         for _ in range(2):
             for backend in candidates:
                 start = time.perf_counter()
                 self._pass(batch, "document", backend)
                 best[backend] = min(best[backend], time.perf_counter() - start)
-        self.calibration = {f"{b}_s": round(s, 4) for b, s in best.items()}
+        if uncalibrated is not None:
+            uncalibrated.use(fp32)
+        self.calibration.update({f"{b}_s": round(s, 4) for b, s in best.items()})
         choice = min(best, key=lambda b: best[b])
         tmp = remembered.with_name(f"{remembered.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps({"backend": choice, "seconds": self.calibration, "agreement": self.agreement}))
@@ -231,7 +313,7 @@ class Embedder:
         host = f"{platform.machine()}-{_cpu_model()}-{len(os.sched_getaffinity(0))}".replace(" ", "_")
         folder = embedding_cache(self._need_cache(), self._dir)
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"auto-{host[:100]}.json"
+        return folder / f"auto-v2-{host[:100]}.json"  # v2: with the OpenVINO backends (v1 chose among three)
 
 
 _PROBES = ["How do I scale a deployment?", "Ray Serve replicas handle requests in parallel across the cluster.",

@@ -20,7 +20,8 @@ class QuarantinedFile(BaseModel):
 class EmbeddingStats(BaseModel):
     """How the embedder ran: backend, device, precision, threads per pass, the backends' timings ("auto")."""
 
-    backend: str = Field("torch", description="torch, onnx or onnx-int8 (tasks.ingest.embedding).")
+    backend: str = Field("torch", description="torch, onnx, onnx-int8, openvino or openvino-int8 "
+                         "(tasks.ingest.embedding).")
     device: str = "cpu"
     precision: str = Field("fp32", description="fp32, fp16, bf16 or int8.")
     bf16: bool | None

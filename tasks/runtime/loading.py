@@ -1,4 +1,5 @@
-"""Loading the offline models: the embedding model (sentence-transformers, its ONNX export), spaCy for unstructured."""
+"""Loading the offline models: the embedding model (sentence-transformers, its ONNX and OpenVINO networks), spaCy for
+unstructured."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.runtime.sources import ModelNotInstalledError, embedding_source
+from tasks.runtime.versions import release_tested
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-BACKENDS = ("torch", "onnx", "onnx-int8")  # what the Embedder runs; "auto" measures them (tasks.ingest.embedding)
+# what the Embedder runs; "auto" measures them (tasks.ingest.embedding)
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+# sentence-transformers releases whose Transformer module the ONNX/OpenVINO networks were tested inside (as
+# ``model[0].model``: called with the tokenizer's tensors, read for ``last_hidden_state``)
+TESTED_SENTENCE_TRANSFORMERS = ("6.3",)
+_refused: list[str] = []
+log = logging.getLogger(__name__)
 
 
 class EmbeddingDeviceError(RuntimeError):
@@ -47,6 +55,16 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def network_swap_tested() -> bool:
+    """Whether the installed sentence-transformers is one the swapped-in networks were tested inside; on any
+    other the embedder runs PyTorch (and says so once)."""
+    from importlib.metadata import version
+
+    return release_tested("sentence-transformers", version("sentence-transformers"), TESTED_SENTENCE_TRANSFORMERS,
+                          _refused, "ragtune's ONNX/OpenVINO embedding backends are off",
+                          "the embedder runs PyTorch fp32 (RAGTUNE_MODELS__EMBEDDING_BACKEND=torch)", log)
+
+
 def onnx_network(model: SentenceTransformer, model_dir: Path, cache_dir: Path, int8: bool) -> Any:
     """The model's transformer as an ONNX Runtime session, to stand in for it inside the same
     sentence-transformers pipeline (``model[0].model``): tokenization, prompts, pooling and normalisation
@@ -63,6 +81,17 @@ def onnx_network(model: SentenceTransformer, model_dir: Path, cache_dir: Path, i
     path = _quantized(fp32, folder / "model_qint8.onnx") if int8 else fp32
     transformer: Any = model[0]
     return _onnx_network_class()(path, transformer.model.config, names)
+
+
+def openvino_network(model: SentenceTransformer, model_dir: Path, cache_dir: Path) -> Any:
+    """The model's ONNX export (as ``onnx_network``'s) run by OpenVINO, in fp32 until ``use`` gives it a
+    calibrated int8 model (tasks.runtime.openvino_network)."""
+    from tasks.runtime.openvino_network import openvino_network_class
+
+    names = _input_names(model)
+    source = _exported(model, names, embedding_cache(cache_dir, model_dir) / "model.onnx")
+    transformer: Any = model[0]
+    return openvino_network_class()(source, transformer.model.config, names)
 
 
 def embedding_cache(cache_dir: Path, model_dir: Path) -> Path:

@@ -28,6 +28,19 @@ SENTENCES = ["How do I configure autoscaling for a Ray Serve deployment?",
              "Placement groups reserve resources across nodes atomically: either every bundle fits or none is "
              "reserved, and tasks scheduled into the group run on the bundles' nodes. " * 3,
              "What happens when an actor dies?", "The dashboard shows logs, metrics and the state of each task."]
+# static int8's calibration set in these tests: a dozen chunk-like texts (a run takes its first 256 chunks)
+CHUNKS = ["Ray Tune runs hyperparameter searches; each trial is an actor that reports metrics back to the driver.",
+          "To install Ray with the dashboard, run pip install \"ray[default]\" on every node of the cluster.",
+          "Objects in the object store are immutable. Pass references between tasks instead of copying the data.",
+          "# Deploying on Kubernetes\n\nKubeRay's RayCluster resource describes the head node and worker groups.",
+          "ray.init(address=\"auto\") connects the script to the running cluster instead of starting a new one.",
+          "Fault tolerance: when a worker node fails, Ray retries its tasks and reconstructs lost objects.",
+          "Serve's autoscaler reads each replica's queue length and targets a number of ongoing requests.",
+          "Use num_cpus and num_gpus in @ray.remote to tell the scheduler what each task needs.",
+          "Datasets read Parquet, CSV and JSON files lazily and execute the plan when it is consumed.",
+          "The RLlib algorithm config sets the environment, the learners and the number of env runners.",
+          "Logs of every worker are under /tmp/ray/session_latest/logs on the node that ran it.",
+          "A placement group with STRICT_PACK puts all of its bundles on the same node."]
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +74,11 @@ def test_encoding_runs_on_the_torch_thread(settings: Settings, monkeypatch: pyte
     assert len(threads) == 3 and all(name.startswith("ragtune-torch") for name in threads)
 
 
-@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8", "openvino"])
 def test_onnx_backends_stay_within_their_cosine_of_pytorch_fp32(settings: Settings, reference: Any,
                                                                backend: str) -> None:
-    """fp32 ONNX rounds (cosine >= 0.9999); dynamic int8 moves vectors, within the stated 0.985 on real text."""
+    """fp32 ONNX and OpenVINO round (cosine >= 0.9999); dynamic int8 moves vectors, within the stated 0.985 on
+    real text."""
     fast = Embedder(settings.models, threads=1, cache_dir=settings.cache_dir, backend=backend)
     assert (fast.backend, fast.precision) == (backend, "int8" if backend.endswith("int8") else "fp32")
     ours = np.concatenate([fast.encode(SENTENCES, batch_size=2), fast.encode_queries(SENTENCES[:2])])
@@ -79,11 +93,54 @@ def test_onnx_backends_stay_within_their_cosine_of_pytorch_fp32(settings: Settin
     assert (exported / ("model_qint8.onnx" if backend == "onnx-int8" else "model.onnx")).exists()
 
 
+def test_openvino_static_int8_is_calibrated_on_the_first_chunks_and_remembered(
+        settings: Settings, reference: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static int8 (NNCF on OpenVINO): calibrated on the first chunk texts it embeds, within the stated cosine of
+    PyTorch fp32 on real text, and loaded by the next process instead of calibrating again."""
+    import tasks.ingest.embedding as embedding
+
+    monkeypatch.setattr(embedding, "CALIBRATION_TEXTS", len(CHUNKS))
+    cache = settings.cache_dir / "private"  # not the shared models/ folder: this test's own calibration
+    fast = Embedder(settings.models, threads=1, cache_dir=cache, backend="openvino-int8")
+    assert (fast.backend, fast.precision) == ("openvino-int8", "int8")
+    assert fast.encode_queries(SENTENCES[:1]).shape == (1, 384)  # questions never calibrate
+    chunks = fast.encode(CHUNKS, batch_size=4)  # the first documents: the calibration set
+    assert fast.calibration["openvino_int8_calibration_texts"] == len(CHUNKS)
+    ours = np.concatenate([fast.encode(SENTENCES, batch_size=2), fast.encode_queries(SENTENCES[:2]), chunks])
+    theirs = np.concatenate([reference.encode_document(SENTENCES, normalize_embeddings=True),
+                             reference.encode_query(SENTENCES[:2], normalize_embeddings=True),
+                             reference.encode_document(CHUNKS, normalize_embeddings=True)])
+    cosine = (ours * theirs).sum(axis=1)
+    # calibrated on 12 texts here (a run: 128): each vector within cosine 0.98 of fp32, 0.99 on average; the
+    # embedder's own check on its probe sentences (>= 0.985) passed, or it would run fp32 (precision says so)
+    assert fast.precision == "int8" and fast.agreement["openvino-int8"] >= _MIN_COSINE["openvino-int8"]
+    assert 0.98 <= cosine.min() < 0.9999 and cosine.mean() >= 0.99, cosine  # int8, and close to fp32
+    folder = embedding_cache(cache, Path(fast.model_dir))
+    assert json.loads((folder / "calibration.json").read_text())["texts"] == len(CHUNKS)
+    monkeypatch.setattr(embedding, "quantize_static", lambda *a: pytest.fail("calibrated twice"))
+    again = Embedder(settings.models, threads=1, cache_dir=cache, backend="openvino-int8")
+    np.testing.assert_allclose(again.encode(CHUNKS, batch_size=4), chunks, atol=1e-4)
+
+
+def test_swapped_networks_only_on_a_tested_sentence_transformers(settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The ONNX/OpenVINO networks replace sentence-transformers' internals: on an untested release PyTorch runs."""
+    import tasks.runtime.loading as loading
+
+    monkeypatch.setattr(loading, "TESTED_SENTENCE_TRANSFORMERS", ("0.1",))
+    monkeypatch.setattr(loading, "_refused", [])
+    for backend in ("onnx-int8", "openvino-int8", "auto", "auto-queries"):
+        fast = Embedder(settings.models, threads=1, cache_dir=settings.cache_dir, backend=backend)
+        assert (fast.backend, fast.precision) == ("torch", "fp32")
+    assert "ONNX/OpenVINO embedding backends are off (tested on 0.1)" in caplog.text
+
+
 def test_auto_measures_once_per_host_and_remembers(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = settings.cache_dir / "private"  # not the shared models/ folder: this test's own choice file
     first = Embedder(settings.models, threads=1, cache_dir=cache)
-    assert first.backend in ("torch", "onnx", "onnx-int8")
-    assert set(first.calibration) == {"torch_s", "onnx_s", "onnx-int8_s"}
+    assert first.backend in ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+    assert set(first.calibration) == {"torch_s", "onnx_s", "onnx-int8_s", "openvino_s", "openvino-int8_s"}
     (choice,) = embedding_cache(cache, Path(first.model_dir)).glob("auto-*.json")
     assert json.loads(choice.read_text())["backend"] == first.backend
     monkeypatch.setattr(Embedder, "_measure", lambda self, path: pytest.fail("measured twice"))
@@ -109,7 +166,8 @@ def test_a_backend_that_disagrees_with_fp32_is_refused_or_skipped(settings: Sett
     with pytest.raises(EmbeddingDeviceError, match="onnx-int8.*agrees with PyTorch fp32 only to cosine"):
         Embedder(settings.models, threads=1, cache_dir=settings.cache_dir, backend="onnx-int8")
     cache = settings.cache_dir / "private"
-    assert Embedder(settings.models, threads=1, cache_dir=cache).backend in ("torch", "onnx")
+    assert Embedder(settings.models, threads=1, cache_dir=cache).backend in ("torch", "onnx", "openvino",
+                                                                            "openvino-int8")
 
 
 def test_an_unavailable_device_is_refused_with_the_reason(settings: Settings) -> None:

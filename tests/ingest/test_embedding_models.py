@@ -56,7 +56,7 @@ def _embedder(settings: Settings, path: Path, backend: str) -> Embedder:
                     cache_dir=settings.cache_dir, backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
 @pytest.mark.parametrize("kind", ["cls", "prompts"])
 def test_ragtune_gives_sentence_transformers_own_vectors(settings: Settings, models: dict[str, Path], kind: str,
                                                          backend: str) -> None:
@@ -87,23 +87,24 @@ def test_cls_pooling_is_not_mean_pooling(settings: Settings, models: dict[str, P
 
 
 @pytest.mark.flow
-def test_a_collection_refuses_queries_and_writers_of_another_model(settings: Settings,
-                                                                    models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("backend", ["onnx-int8", "openvino-int8"])
+def test_a_collection_refuses_queries_and_writers_of_another_model(settings: Settings, models: dict[str, Path],
+                                                                    backend: str) -> None:
     from tasks.answer.retrieval import RetrievalError, check_model
     from tasks.ingest.plan import index_meta
     from tasks.stores import milvus
     from tasks.stores.milvus.errors import IndexMismatchError
 
     built = index_meta(settings.model_copy(update={"models": settings.models.model_copy(
-        update={"embedding_backend": "onnx-int8"})}))
-    assert (built.embedding_backend, built.embedding_precision) == ("onnx-int8", "int8")
+        update={"embedding_backend": backend})}))
+    assert (built.embedding_backend, built.embedding_precision) == (backend, "int8")
     other = settings.model_copy(update={"models": settings.models.model_copy(
         update={"embedding": str(models["cls"]), "embedding_backend": "torch"})})
     fp32 = settings.model_copy(update={"models": settings.models.model_copy(update={"embedding_backend": "torch"})})
     with milvus.connect(settings) as index:
         physical = index.ensure_generation("docs", built)
         with pytest.raises(RetrievalError, match=r"built with embedding model 'sentence-transformers/all-MiniLM"
-                                                 r".*onnx-int8 int8\), not 'tiny-cls' \(dim 32, torch fp32\)"):
+                                                 rf".*{backend} int8\), not 'tiny-cls' \(dim 32, torch fp32\)"):
             check_model(index, "docs", other)
         with pytest.raises(IndexMismatchError, match="refusing to write.*not 'tiny-cls'"):
             index.ensure_generation("docs", index_meta(other))
