@@ -24,7 +24,7 @@ from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import Diff, open_source
 from tasks.ingest.plan import Run, batched, collection_lock, delete_removed, finish, open_run, plan
 from tasks.ingest.report import IngestReport, publish_report
-from tasks.ingest.shards import Shard, plan_shard, require_shardable, run_shards, sharded_report, shards_with_work
+from tasks.ingest.shards import Shard, require_shardable, run_shards, sharded_report, shards_with_work
 from tasks.runtime.process import process_settings
 
 
@@ -45,7 +45,7 @@ def ingest_documents(source: str, collection: str = "", force: bool = False, reb
     alias = collection or settings.milvus.collection
     if part := Shard.parse(shard):  # the parent holds the collection lock and deletes; a shard only indexes
         with open_run(settings, open_source(source, settings), alias) as run:
-            index_documents(run, plan_shard(run, part))
+            index_documents(run, plan(run, shard=part))
             report = finish(run)
         publish_report(report, key=f"ingest-shard-{part.index}-of-{part.count}")
         return report

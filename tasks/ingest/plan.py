@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -32,6 +32,9 @@ from tasks.runtime.sources import embedding_source
 from tasks.settings import IngestSettings, Settings
 from tasks.stores.milvus import IndexClient
 from tasks.types import DocRecord, IndexMeta
+
+if TYPE_CHECKING:
+    from tasks.ingest.shards import Shard  # which imports this module
 
 LOCK_LEASE_S = 60.0  # the API minimum
 
@@ -143,15 +146,27 @@ def embedder(settings: Settings) -> Any:
 
 
 # --- plan ------------------------------------------------------------------------------------------
-def plan(run: Run, force: bool = False) -> Diff:
+def plan(run: Run, force: bool = False, shard: Shard | None = None) -> Diff:
+    """The listing against the index's records: what to index and, under the deletion guard, what to delete.
+
+    A shard's plan holds only the shard's documents and removes nothing: only its parent sees the whole
+    listing, so only the parent guards and deletes.
+    """
     with run.stats.timed("list"):
         records = run.index.read_records(run.collection, run.source.uri)
-        diff = diff_listing(run.source.list(), records)
-    run.stats.skipped = dict(run.source.skipped)
-    refusal = deletion_refusal(diff, records, run.settings.ingest.deletion_guard)
-    if refusal and not force:
-        raise DeletionGuardError(f"refusing to run: {refusal}; nothing was deleted. If this is intended, "
-                                 "rerun with --force (force=True).")
+        listing = run.source.list()
+        if shard:
+            listing = [f for f in listing if shard.holds(f.doc_id)]
+            records = {d: r for d, r in records.items() if shard.holds(d)}
+        diff = diff_listing(listing, records)
+    if shard:
+        diff.removed = []
+    else:
+        run.stats.skipped = dict(run.source.skipped)
+        refusal = deletion_refusal(diff, records, run.settings.ingest.deletion_guard)
+        if refusal and not force:
+            raise DeletionGuardError(f"refusing to run: {refusal}; nothing was deleted. If this is intended, "
+                                     "rerun with --force (force=True).")
     run.stats.unchanged = len(diff.unchanged)
     run.stats.still_quarantined = len(diff.still_quarantined)
     return diff

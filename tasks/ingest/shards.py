@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.ingest.inventory import Diff, SourceFile, diff_listing
+from tasks.ingest.inventory import SourceFile
 from tasks.ingest.plan import Run, finish
 from tasks.ingest.report import IngestReport
 from tasks.settings import IngestSettings, Settings
@@ -83,18 +83,6 @@ def require_shardable(settings: Settings, shards: int) -> None:
     if not PREFECT_API_URL.value():
         raise ShardingError("sharded ingestion runs its shards through a work pool: it needs a Prefect server "
                             "(PREFECT_API_URL; `ragtune stack up`), the deployments (`ragtune deploy`) and a worker")
-
-
-def plan_shard(run: Run, shard: Shard) -> Diff:
-    """The shard's part of the listing against the index: what to index. Removals are the parent's."""
-    with run.stats.timed("list"):
-        records = run.index.read_records(run.collection, run.source.uri)
-        mine = [f for f in run.source.list() if shard.holds(f.doc_id)]
-        diff = diff_listing(mine, {d: r for d, r in records.items() if shard.holds(d)})
-    run.stats.unchanged = len(diff.unchanged)
-    run.stats.still_quarantined = len(diff.still_quarantined)
-    diff.removed = []
-    return diff
 
 
 def shards_with_work(todo: Sequence[SourceFile], count: int) -> list[Shard]:

@@ -91,6 +91,30 @@ def test_guard_refuses_an_empty_listing_and_force_overrides(env: Settings, tmp_p
     assert _consistent(env)["chunks"] == 0
 
 
+def test_shard_runs_split_the_work_and_leave_deletions_to_the_parent(env: Settings, tmp_path: Path) -> None:
+    """Each shard run indexes its own documents only and never deletes, not even on an empty listing (the
+    deletion guard is the parent's); the parent then deletes what the whole listing lost."""
+    from flows.ingest import ingest_documents
+
+    docs = tmp_path / "docs"
+    _write_docs(docs)
+    ingest_documents(str(docs))
+    (docs / "okapis.md").write_text("# All about okapis\n\n## Diet\n\nOkapis eat leaves of the forest.\n")
+    (docs / "tapirs.md").unlink()
+    _write_docs(docs, ["pandas"])
+    parts = [ingest_documents(str(docs), shard=f"{i}/2") for i in range(2)]
+    assert [sum(getattr(p, key) for p in parts) for key in ("added", "updated", "unchanged", "deleted")] == \
+        [1, 1, 4, 0]
+    assert _consistent(env)["documents"] == 7  # tapirs.md still indexed: only the parent deletes
+    parent = ingest_documents(str(docs))
+    assert (parent.added, parent.updated, parent.deleted, parent.unchanged) == (0, 0, 1, 6)
+
+    for path in docs.iterdir():
+        path.unlink()
+    assert [ingest_documents(str(docs), shard=f"{i}/2").deleted for i in range(2)] == [0, 0]
+    assert _consistent(env)["documents"] == 6
+
+
 def test_hostile_files_are_quarantined_and_good_ones_searchable(env: Settings, tmp_path: Path) -> None:
     from flows.ingest import ingest_documents
 
