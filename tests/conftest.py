@@ -2,13 +2,15 @@
 
 Tiers (markers): unit (default), `flow` (Prefect harness + embedded backends + real small models),
 `integration` (Milvus server, Prefect server, multi-process training), `data` (needs ../shared/data;
-skipped unless RAGTUNE_SHARED_DATA points at it).
+skipped unless RAGTUNE_SHARED_DATA points at it), `ui` (the Prefect UI in headless Chromium; skipped unless
+RAGTUNE_TEST_CHROMIUM names the browser: `make test-ui`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from ragtune import stack  # noqa: E402
-from tasks.settings import S3Settings, Settings  # noqa: E402
+from tasks.settings import S3Settings, Settings, get_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,6 +153,54 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@contextmanager
+def prefect_server(home: Path, model_cache: Path, env: dict[str, str] | None = None) -> Iterator[Settings]:
+    """A real `prefect server start` (SQLite under ``home``) on a free loopback port. While it runs, the
+    environment (RAGTUNE_*, PREFECT_API_URL, plus ``env``) points this process's settings and the workers it starts
+    at it, and so do Prefect's own settings: the session's test harness would otherwise win over the environment
+    for flows run here. Yields the settings read from that environment (data under ``home``/data)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    (home / "data" / "cache").mkdir(parents=True)
+    (home / "data" / "cache" / "models").symlink_to(_models_dir(model_cache), target_is_directory=True)
+    port = stack.free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {"RAGTUNE_DATA_DIR": str(home / "data"), "RAGTUNE_PREFECT__PORT": str(port),
+           "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MODELS__TORCH_THREADS": "1", **(env or {})}
+    with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: api}):
+        for name, value in env.items():
+            mp.setenv(name, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        service = stack.prefect_server(settings, home=home / "stack")
+        stack.start(service)
+        try:
+            yield settings
+        finally:
+            stack.stop(service)
+            get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
+    """A 2-layer, 32-wide Llama with random weights and SmolLM2's real tokenizer: the real architecture, seconds
+    to train. One per session: its users only read it (training writes to folders of their own)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasks.runtime.sources import generator_source
+
+    tokenizer = AutoTokenizer.from_pretrained(generator_source(model_cache).path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def _free_port_block(width: int) -> int:

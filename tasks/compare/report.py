@@ -138,6 +138,7 @@ def chart_png(result: Comparison) -> bytes:
                 ax.scatter([x], [y], s=40)
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set(xlabel=label, title=f"{LABELS[result.primary_metric]} vs {label.split(' (')[0]}")
+        ax.locator_params(axis="x", nbins=5)  # millisecond latencies otherwise print as overlapping tick labels
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(LABELS[result.primary_metric])
     fig.tight_layout()

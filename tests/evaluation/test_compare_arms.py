@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -45,26 +46,6 @@ QA = [
      "split": "test"},
 ]
 TRAINING = {"max_steps": 2, "max_seq_len": 384}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer (as tests/training builds it): the real architecture, seconds
-    to train."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tasks.runtime.sources import generator_source
-
-    tokenizer = AutoTokenizer.from_pretrained(generator_source(model_cache).path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=2, max_position_embeddings=512)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture
@@ -110,8 +91,8 @@ def test_every_arm_runs_and_a_rerun_reuses_the_trained_models(compare_settings: 
     report = compare_settings.data_dir / "compare" / "reports" / "compare_tiny"
     assert "## Difference against rag" in (report / "comparison.md").read_text()
     assert (report / "comparison.png").read_bytes().startswith(b"\x89PNG")
-    assert latest_artifact("compare-approaches").startswith("# RAG, fine-tuning or both: 4 test questions")
-    assert latest_artifact("compare-approaches-chart").startswith("data:image/png;base64,")
+    assert latest_artifact("compare-approaches").data.startswith("# RAG, fine-tuning or both: 4 test questions")
+    assert latest_artifact("compare-approaches-chart").data.startswith("data:image/png;base64,")
 
     out = CliRunner().invoke(app, ["compare", str(qa), "--docs", str(docs), "--collection", "compare_tiny",
                                    "--arms", "finetune,raft", "--k", "3", "--preset", "test", "--full",
@@ -127,14 +108,15 @@ def test_every_arm_runs_and_a_rerun_reuses_the_trained_models(compare_settings: 
     assert {k: again.arms["rag"].scores[k] for k in same} == {k: first.arms["rag"].scores[k] for k in same}
 
 
-def latest_artifact(key: str) -> str:
+def latest_artifact(key: str) -> Any:
+    """The newest artifact with ``key`` on the server this process talks to."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                             limit=1, sort="CREATED_DESC")
-    return str(artifact.data)
+    return artifact
 
 
 def check_scores(result: Comparison) -> None:
