@@ -1,6 +1,7 @@
 """Fine-tuning and model evaluation: packing and labels, resume, two CPU processes, checkpoints, base vs candidate.
 
-Most runs use a tiny Llama (2 layers, 32 wide) with SmolLM2's real tokenizer, trained by the real
+Most runs use a tiny Llama (`tiny_model` in tests/conftest.py: 2 layers, 32 wide, SmolLM2's real tokenizer),
+trained by the real
 script under the real launcher: seconds per run. One LoRA run fine-tunes the real SmolLM2-135M.
 """
 
@@ -47,22 +48,6 @@ def tokenizer(smollm2: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer: the real architecture, seconds to train."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=2, max_position_embeddings=512)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
