@@ -12,10 +12,11 @@ every intent appears in both splits (a seeded 1 in 5 of each intent's rows is te
 DATA_DIR defaults to ../shared/data/pubmedqa_pqal (ori_pqal.json: 1,000 expert-labelled questions with
 their abstracts; test_ground_truth.json: the official 500-id test split). The corpus is every abstract
 (one Markdown file per PMID, its CONTEXTS as paragraphs; the conclusion, LONG_ANSWER, is not in it);
-the questions are the test split (the first ``--limit``), training uses the other 500 (the first
-``--train-limit``; 0 = all). Each row: question, answer = LONG_ANSWER, label = final_decision
-(yes/no/maybe, scored by option likelihood), source = its abstract. ``--corpus used`` indexes only the
-abstracts of the questions used (a smoke run; the real benchmark indexes all 1,000).
+the questions are the test split (a seeded random ``--limit`` of it: the file is ordered by label),
+training uses the other 500 (the first ``--train-limit``; 0 = all). Each row: question,
+answer = LONG_ANSWER, label = final_decision (yes/no/maybe, scored by option likelihood), source = its
+abstract. ``--corpus used`` indexes only the abstracts of the questions used (a smoke run; the real
+benchmark indexes all 1,000).
 
 Prints the markdown table, then one JSON object as the last stdout line: per arm label accuracy and
 macro-F1 with the paired-bootstrap difference against RAG only, the majority-class accuracy of the test
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -53,7 +55,10 @@ def write_inputs(data: Path, out: Path, limit: int, train_limit: int, corpus: st
     items = json.loads((data / "ori_pqal.json").read_text())
     test_ids = list(json.loads((data / "test_ground_truth.json").read_text()))
     train_ids = [pmid for pmid in items if pmid not in set(test_ids)]
-    test_ids, train_ids = test_ids[: limit or None], train_ids[: train_limit or None]
+    # the ground-truth file is ordered by label (its first 276 ids are all "yes"): a prefix of it is one
+    # class, so a limited run takes a seeded random sample of the split instead
+    test_ids = random.Random(0).sample(test_ids, limit) if 0 < limit < len(test_ids) else test_ids
+    train_ids = train_ids[: train_limit or None]
     rows = [_row(pmid, items[pmid], "test") for pmid in test_ids] + [_row(p, items[p], "train") for p in train_ids]
     docs = out / "docs"
     docs.mkdir(parents=True, exist_ok=True)
@@ -118,6 +123,7 @@ def main() -> None:
     parser.add_argument("--arms", default="", help="comma-separated; empty = all five")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--max-steps", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="training budget per model; 0 = the preset's")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--corpus", choices=("all", "used"), default="all")
     parser.add_argument("--collection", default="")
@@ -136,7 +142,7 @@ def main() -> None:
     else:
         qa, docs, gold = write_inputs(data, out, args.limit, args.train_limit, args.corpus)
     majority = Counter(gold).most_common(1)[0][1] / len(gold) if gold else 0.0
-    overrides = {"max_steps": args.max_steps} if args.max_steps else None
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes)) if v} or None
     result = compare_approaches(str(qa), str(docs), args.collection or f"bench_{args.dataset}_{args.corpus}",
                                 [a for a in args.arms.split(",") if a], labels=LABELS if gold else None,
                                 preset=args.preset,
