@@ -25,6 +25,7 @@ from deployments.params import ReleaseParams
 from deployments.pools import CPU_POOL, GPU_POOL
 from ragtune import stack
 from tasks.settings import Settings
+from tests.conftest import prefect_server
 
 REPO = Path(__file__).resolve().parent.parent
 NAMED_BY_THE_RUN = {"reindex-document": {"uris"}, "compare-approaches": {"questions"}}  # no sensible default
@@ -55,24 +56,9 @@ def webhook() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def orch(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, webhook: str) -> Iterator[Settings]:
     """A real Prefect server on a free port; this process and the workers it starts point at it."""
-    home = tmp_path_factory.mktemp("orchestration")
-    (home / "data" / "cache").mkdir(parents=True)
-    (home / "data" / "cache" / "models").symlink_to(model_cache / "models", target_is_directory=True)
-    port = stack.free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {"RAGTUNE_DATA_DIR": str(home / "data"), "RAGTUNE_PREFECT__PORT": str(port),
-           "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MODELS__TORCH_THREADS": "1",
-           "RAGTUNE_ORCHESTRATION__FAILURE_WEBHOOK_URL": webhook, "RAGTUNE_ORCHESTRATION__RELEASE_MIN_CHANGED": "2"}
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        settings = Settings()
-        service = stack.prefect_server(settings, home=home / "stack")
-        stack.start(service)
-        try:
-            yield settings
-        finally:
-            stack.stop(service)
+    env = {"RAGTUNE_ORCHESTRATION__FAILURE_WEBHOOK_URL": webhook, "RAGTUNE_ORCHESTRATION__RELEASE_MIN_CHANGED": "2"}
+    with prefect_server(tmp_path_factory.mktemp("orchestration"), model_cache, env) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments import register as reg
 from deployments.pools import CPU_POOL
-from ragtune import stack
-from tasks.settings import Settings, get_settings
+from tasks.settings import Settings
 from tasks.stores.milvus import IndexClient
+from tests.conftest import prefect_server
 
 pytestmark = pytest.mark.integration
 TOPICS = ["herons", "otters", "beavers", "lynxes", "ibexes", "walruses", "okapis", "tapirs", "quokkas", "narwhals",
@@ -35,25 +34,12 @@ TOPICS = ["herons", "otters", "beavers", "lynxes", "ibexes", "walruses", "okapis
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, milvus_server: str) -> Iterator[Settings]:
     """A Prefect server, the ingest deployment registered, two process workers; all on the Milvus server."""
     home = tmp_path_factory.mktemp("sharded")
-    (home / "data" / "cache").mkdir(parents=True)
-    (home / "data" / "cache" / "models").symlink_to(model_cache / "models", target_is_directory=True)
-    port = stack.free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {"RAGTUNE_DATA_DIR": str(home / "data"), "RAGTUNE_PREFECT__PORT": str(port),
-           "RAGTUNE_PREFECT__API_URL": api, "PREFECT_API_URL": api, "RAGTUNE_MILVUS__URI": milvus_server,
-           "RAGTUNE_MODELS__TORCH_THREADS": "1", "RAGTUNE_MODELS__BF16": "false", "RAGTUNE_INGEST__PARSE_WORKERS": "1",
+    env = {"RAGTUNE_MILVUS__URI": milvus_server, "RAGTUNE_MODELS__BF16": "false", "RAGTUNE_INGEST__PARSE_WORKERS": "1",
            "RAGTUNE_INGEST__BATCH_DOCS": "2",
            # fp32 PyTorch: int8 ONNX scales activations per batch, so a text's vector depends on its batch-mates
            "RAGTUNE_MODELS__EMBEDDING_BACKEND": "torch"}
-    # The module's flows (the parent runs here) talk to this server, not to the session's test harness, whose
-    # temporary settings would otherwise win over the environment.
-    with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: api}):
-        for name, value in env.items():
-            mp.setenv(name, value)
-        get_settings.cache_clear()
-        settings = get_settings()
-        service = stack.prefect_server(settings, home=home / "stack")
-        stack.start(service)
+    # The module's flows (the parent runs here) talk to this server, not to the session's test harness.
+    with prefect_server(home, model_cache, env) as settings:
         workers: list[subprocess.Popen[bytes]] = []
         try:
             reg.register(settings, names=["ingest-documents"])
@@ -71,8 +57,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, milvus_
                     worker.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     worker.kill()
-            stack.stop(service)
-            get_settings.cache_clear()
 
 
 async def _without_schedules(name: str) -> None:
