@@ -8,6 +8,7 @@ RAGTUNE_TEST_CHROMIUM names the browser: `make test-ui`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -210,6 +211,17 @@ def _free_port_block(width: int) -> int:
         if base + 7 * width < 65535 and not any(stack.port_open(base + 7 * i) for i in range(width)):
             return base
     raise RuntimeError("no free port block found")
+
+
+def cli_json(*args: str) -> dict:
+    """Run ``ragtune ARGS`` in process; it must succeed, and its last stdout line is the JSON result."""
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def shared_data() -> Path | None:

@@ -19,6 +19,7 @@ from tasks.evaluation.beir import (
 )
 from tasks.evaluation.pages import hit_at_k, load_questions, page_of_file, page_of_url, sourced_hits
 from tasks.settings import Settings
+from tests.conftest import cli_json
 
 # 1/log2(3) = 0.6309298, 1/log2(5) = 0.4306766
 QRELS = {
@@ -122,16 +123,6 @@ def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setting
     get_settings.cache_clear()
 
 
-def run_cli(*args: str) -> dict:
-    from typer.testing import CliRunner
-
-    from ragtune.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.flow
 def test_eval_beir_gives_the_hand_computed_values(tmp_path: Path, env: Settings, prefect_harness: None) -> None:
     root = tmp_path / "tinybeir"
@@ -144,7 +135,7 @@ def test_eval_beir_gives_the_hand_computed_values(tmp_path: Path, env: Settings,
     # document absent -> 0 everywhere. Means: nDCG@10 0.537716, Recall 0.5, MRR@10 0.666667.
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\t1\nq2\tc5\t1\n"
                                              "q2\tmissing\t1\nq3\tnot-in-corpus\t1\n")
-    result = run_cli("eval", "beir", str(root), "--mode", "dense", "--json")
+    result = cli_json("eval", "beir", str(root), "--mode", "dense", "--json")
     assert {k: result[k] for k in ("ndcg@10", "recall@10", "recall@100", "mrr@10")} == {
         "ndcg@10": pytest.approx(0.537716, abs=1e-5), "recall@10": 0.5, "recall@100": 0.5,
         "mrr@10": pytest.approx(0.666667, abs=1e-5)}
@@ -163,7 +154,7 @@ def test_eval_pages_reports_hit_at_k(tmp_path: Path, env: Settings, prefect_harn
             {"question": QUESTIONS["q3"], "source": f"{base}/api/generated.html"}]  # no such page: a miss
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = run_cli("eval", "pages", str(questions), "--docs", str(docs), "--k", "2", "--mode", "hybrid", "--json")
+    result = cli_json("eval", "pages", str(questions), "--docs", str(docs), "--k", "2", "--mode", "hybrid", "--json")
     assert result["hit@k"] == result["hit@2"] == pytest.approx(2 / 3, abs=1e-4)
     assert result["hit@1"] == pytest.approx(2 / 3, abs=1e-4) and result["questions"] == 3
     assert result["sourced_questions"] == 2 and result["sourced_hit@2"] == 1.0  # the page without a file left out

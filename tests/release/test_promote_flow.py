@@ -20,6 +20,7 @@ from tasks.settings import Settings
 from tasks.stores.milvus import IndexClient
 from tasks.stores.s3 import S3Store
 from tasks.types import Chunk, IndexMeta
+from tests.conftest import cli_json
 
 pytestmark = pytest.mark.flow
 
@@ -306,13 +307,7 @@ def test_cli_promotion_and_rollback_switch_the_served_model_with_the_index(engin
 
 
 def cli(*args: str) -> dict:
-    from typer.testing import CliRunner
-
-    from ragtune.cli import app
-
-    out = CliRunner().invoke(app, [*args, "--json"])
-    assert out.exit_code == 0, out.output
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return cli_json(*args, "--json")
 
 
 def tiny_checkpoint(root: Path) -> str:
