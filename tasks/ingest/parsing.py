@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.ingest import spacy_model
+from tasks.ingest import narrative, spacy_model
 from tasks.ingest.encoding import UndecodableText, decode_text
 from tasks.ingest.markup import MARKDOWN_FLAVOURS, page_markdown, split_front_matter
 from tasks.ingest.sphinx import autosummary_pages, myst_to_markdown
@@ -116,7 +116,7 @@ def _elements(path: Path, suffix: str) -> list[Element]:
     spacy_model.apply_choice()
     if suffix in TEXT_FORMATS:
         return _partition_text(read_text(path), suffix)
-    return _project(_partitioner(suffix)(filename=str(path), languages=NO_LANGUAGE))
+    return _project(narrative.partition(_partitioner(suffix), filename=str(path), languages=NO_LANGUAGE))
 
 
 def read_text(path: Path) -> str:
@@ -134,9 +134,10 @@ def _partition_text(text: str, suffix: str) -> list[Element]:
     elif suffix in (".txt", ".text"):
         elements = _untitled(_project(_partitioner(suffix)(text=text, languages=NO_LANGUAGE)))
     elif suffix in (".html", ".htm"):
-        elements = _project(_partitioner(suffix)(text=text, languages=NO_LANGUAGE))
+        elements = _project(narrative.partition(_partitioner(suffix), text=text, languages=NO_LANGUAGE))
     else:  # rst, csv and tsv partitioners take bytes only: the decoded text, as UTF-8
-        elements = _project(_partitioner(suffix)(file=io.BytesIO(text.encode()), languages=NO_LANGUAGE))
+        elements = _project(narrative.partition(_partitioner(suffix), file=io.BytesIO(text.encode()),
+                                                languages=NO_LANGUAGE))
     if suffix in (".rst", ".md", ".markdown"):
         elements += generated_page_elements(text)
     return elements
@@ -152,7 +153,9 @@ def markdown_source(text: str, suffix: str) -> str:
 def _partition_markdown(markdown: str) -> list[Element]:
     from unstructured.partition.md import partition_md
 
-    return _project(partition_md(text=myst_to_markdown(markdown), languages=NO_LANGUAGE)) if markdown.strip() else []
+    if not markdown.strip():
+        return []
+    return _project(narrative.partition(partition_md, text=myst_to_markdown(markdown), languages=NO_LANGUAGE))
 
 
 def _untitled(elements: list[Element]) -> list[Element]:
