@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 POINTER = "calibration.json"
+QUANTIZE_RECIPE = "transformer-no-bias-correction"  # part of a quantized model's name: another recipe, another file
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +55,10 @@ def quantize_static(source: Path, samples: list[dict[str, np.ndarray]], folder: 
     fingerprint.
 
     NNCF's statistics run on OpenVINO's default threads (its engine compiles with its own ``Core`` and takes no
-    thread setting): 11.6 s for 64 texts on this host (2026-12-07), once per model and calibration set."""
-    digest = hashlib.sha256()
+    thread setting): 11.6 s for 64 texts on this host (2026-12-07), once per model and calibration set. Without
+    NNCF's bias correction: 9.7 s -> 6.7 s, and the same vectors (cosine to PyTorch fp32 over 256 other Ray docs
+    paragraphs: mean 0.99652 against 0.99650, least 0.9835 against 0.9823; docs/ingestion.md)."""
+    digest = hashlib.sha256(QUANTIZE_RECIPE.encode())
     for sample in samples:
         for name in sorted(sample):
             digest.update(name.encode() + sample[name].tobytes())
@@ -65,13 +68,15 @@ def quantize_static(source: Path, samples: list[dict[str, np.ndarray]], folder: 
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's telemetry off: it is NNCF's own switch
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     start = time.perf_counter()
     core = openvino_core()
     nncf.set_log_level(logging.WARNING)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is ``ragtune ingest --json``'s
         quantized = nncf.quantize(core.read_model(str(source)), nncf.Dataset(samples), subset_size=len(samples),
-                                  model_type=nncf.ModelType.TRANSFORMER)
+                                  model_type=nncf.ModelType.TRANSFORMER,
+                                  advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
     tmp = target.with_name(f"tmp-{os.getpid()}-{target.name}")
     ov.save_model(quantized, str(tmp), compress_to_fp16=False)
     tmp.with_suffix(".bin").rename(target.with_suffix(".bin"))
