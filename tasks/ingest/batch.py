@@ -64,7 +64,7 @@ def index_batch(run: Run, files: Sequence[SourceFile], upcoming: Sequence[Source
     vectors = _vectors(run, flat, [d for d in chunks if d in prep.known]) if flat else None
     with run.stats.timed("write"):
         if flat:
-            run.index.upsert_chunks(run.collection, flat, vectors)
+            run.index.upsert_chunks(run.collection, flat, vectors, new_documents=parsed.keys() - prep.known.keys())
         run.index.delete_documents(run.collection, prep.failed)  # a document that turned bad leaves the index
         run.index.flush(run.collection)
     for doc_id, (f, digest, _) in parsed.items():
