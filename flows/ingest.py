@@ -22,7 +22,17 @@ from prefect import flow, get_run_logger
 
 from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import Diff, open_source
-from tasks.ingest.plan import Run, batched, collection_lock, delete_removed, finish, open_run, plan
+from tasks.ingest.plan import (
+    Run,
+    batched,
+    collection_lock,
+    delete_removed,
+    finish,
+    open_run,
+    plan,
+    start_parsers,
+    wait_for_model,
+)
 from tasks.ingest.report import IngestReport, publish_report
 from tasks.ingest.shards import Shard, require_shardable, run_shards, sharded_report, shards_with_work
 from tasks.runtime.process import process_settings
@@ -69,6 +79,9 @@ def ingest_documents(source: str, collection: str = "", force: bool = False, reb
 def index_documents(run: Run, diff: Diff) -> None:
     """The listing's added and changed documents in growing batches; the next batch parses while one embeds."""
     batches = list(batched(diff.todo, run.settings.ingest.batch_docs))
+    if batches:
+        start_parsers(run.settings.ingest, len(batches[0]))  # they start while the model loads
+    wait_for_model(run)  # nothing is written before the loaded model's meta is checked
     for batch, upcoming in zip(batches, [*batches[1:], []], strict=False):
         index_batch(run, batch, upcoming)
 

@@ -24,7 +24,16 @@ from prefect import flow, get_run_logger
 
 from tasks.ingest.batch import index_batch
 from tasks.ingest.inventory import open_source
-from tasks.ingest.plan import collection_lock, delete_removed, finish, open_run, plan_documents, source_for
+from tasks.ingest.plan import (
+    collection_lock,
+    delete_removed,
+    finish,
+    open_run,
+    plan_documents,
+    source_for,
+    start_parsers,
+    wait_for_model,
+)
 from tasks.ingest.report import IngestReport, publish_report
 from tasks.runtime.process import process_settings
 
@@ -45,6 +54,9 @@ def reindex_document(uris: list[str], source: str = "", collection: str = "") ->
         todo, gone = plan_documents(run, uris)
         get_run_logger().info("%d document(s) to index, %d to delete, %d unchanged", len(todo), len(gone),
                               run.stats.unchanged)
+        if todo:
+            start_parsers(settings.ingest, len(todo))  # they start while the model loads: seconds each, cold
+        wait_for_model(run)  # nothing is written before the loaded model's meta is checked
         if todo:
             index_batch(run, todo)
         if gone:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,9 @@ from tasks.ingest.inventory import Diff, Source, SourceFile, deletion_refusal, d
 from tasks.ingest.parser_pool import ParserPool, default_workers
 from tasks.ingest.parsing import ParseLimits
 from tasks.ingest.report import EmbeddingStats, IngestReport, QuarantinedFile
+from tasks.runtime.loading import declared_dimension
 from tasks.runtime.sources import embedding_source
+from tasks.runtime.torch_thread import torch_pool
 from tasks.settings import IngestSettings, Settings
 from tasks.stores.milvus import IndexClient
 from tasks.types import DocRecord, IndexMeta
@@ -71,12 +73,24 @@ class Run:
     source: Source
     index: IndexClient
     collection: str  # the physical generation written to
-    meta: IndexMeta
+    loading: Future[IndexMeta]  # the embedder loading on the torch thread (``open_run``)
     workdir: Path
     executor: ThreadPoolExecutor
     stats: RunStats = field(default_factory=RunStats)
     prefetched: dict[tuple[str, ...], Any] = field(default_factory=dict)  # tasks.ingest.batch.Prepared by batch
     warming: bool = False
+    _meta: IndexMeta | None = field(default=None, init=False, repr=False)  # once checked (``meta``)
+
+    @property
+    def meta(self) -> IndexMeta:
+        """What this run writes: the loaded embedder's meta (waited for on first use), checked against the
+        collection's. ``open_run`` checked only what the model folder declares; this check keeps a wrong
+        forecast from ever writing a vector."""
+        if self._meta is None:
+            meta = self.loading.result()
+            self.index.check_meta(self.collection, meta)
+            self._meta = meta
+        return self._meta
 
 
 def parser_pool(ing: IngestSettings, documents: int = 0) -> ParserPool:
@@ -93,6 +107,17 @@ def parser_pool(ing: IngestSettings, documents: int = 0) -> ParserPool:
                                             ing.packaged_spacy)
             atexit.register(pool.__exit__, None, None, None)
         return _POOLS[key]
+
+
+def start_parsers(ing: IngestSettings, documents: int) -> None:
+    """Start the process's parser pool in the background, now: a cold start imports the parsers for seconds,
+    which the run spends loading the model instead. A start that fails here is retried, and reported, by the
+    batch's own ``parser_pool`` call."""
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            parser_pool(ing, documents)
+
+    threading.Thread(target=start, name="ragtune-parsers", daemon=True).start()
 
 
 def warm_up(settings: Settings) -> None:
@@ -113,17 +138,44 @@ def index_meta(settings: Settings) -> IndexMeta:
     return IndexMeta(source.name, emb.dim, chunker, embedding_backend=emb.backend, embedding_precision=emb.precision)
 
 
+def declared_meta(settings: Settings) -> IndexMeta | None:
+    """What the model folder says this run would write (model, dimension, chunker), read without loading the
+    model; None where its config does not say. Enough to check an existing collection: how the model runs
+    (backend, precision) never makes it incompatible (``IndexMeta.encoder_mismatch``)."""
+    source = embedding_source(settings.models.embedding)
+    dim = declared_dimension(source.path)
+    chunker = chunker_settings(settings.ingest.max_tokens, source.name, settings.ingest.overlap_tokens)
+    return IndexMeta(source.name, dim, chunker) if dim else None
+
+
 @contextlib.contextmanager
 def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = False) -> Iterator[Run]:
     """A run writing into the generation ``alias`` serves, or into a new one (``rebuild``; not served
-    until promoted)."""
-    meta = index_meta(settings)
+    until promoted).
+
+    The embedding model loads on the torch thread meanwhile (seconds in a cold process: an event's
+    parser processes start and its document parses in that time). Only a new generation waits for it
+    here (its schema needs the dimension, its meta the backend); an existing one is checked now against
+    the model folder's declared meta, and against the loaded model's before vectors are written (``Run.meta``).
+    """
+    loading = torch_pool().submit(index_meta, settings)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(IndexClient.from_settings(settings))
-        physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
+        physical = None if rebuild else client.resolve(alias)
+        if physical and (declared := declared_meta(settings)):
+            client.check_meta(physical, declared)  # another model is refused now, before anything is written
+        else:
+            meta = loading.result()
+            physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragtune-ingest-")))
         executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ragtune-parse"))  # one pool user
-        yield Run(settings, source, client, physical, meta, workdir, executor)
+        yield Run(settings, source, client, physical, loading, workdir, executor)
+
+
+def wait_for_model(run: Run) -> IndexMeta:
+    """Wait for the embedding model (loading since ``open_run``) and check its meta against the collection's:
+    every write of a run comes after this (start the parser processes first: they start meanwhile)."""
+    return run.meta
 
 
 _EMBEDDERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # the two most recently used
@@ -220,6 +272,7 @@ def relative_path(source: Source, uri: str) -> str:
 @task(name="delete-removed", cache_policy=NO_CACHE)
 def delete_removed(run: Run, removed: Sequence[DocRecord]) -> int:
     """Chunks first, then records: a crash in between leaves records that the next run deletes again."""
+    wait_for_model(run)
     ids = [r.doc_id for r in removed]
     with run.stats.timed("write"):
         run.index.delete_documents(run.collection, ids)
@@ -236,7 +289,8 @@ def finish(run: Run) -> IngestReport:
         run.index.flush_records(run.collection)
     s = run.stats
     total = sum(v for k, v in s.seconds.items() if k != "total")
-    emb = embedder(run.settings) if _EMBEDDERS else None
+    wait_for_model(run)  # a run that embedded nothing waits too: its report says how it would embed
+    emb = embedder(run.settings)
     return IngestReport(
         source=run.source.uri, collection=run.collection, added=s.added, updated=s.updated,
         deleted=s.deleted, unchanged=s.unchanged, quarantined=len(s.quarantined),
@@ -244,7 +298,7 @@ def finish(run: Run) -> IngestReport:
         skipped=dict(s.skipped), chunks_written=s.chunks_written, chunks_reused=s.chunks_reused,
         seconds={k: round(v, 3) for k, v in s.seconds.items()},
         chunks_per_s=round(s.chunks_written / total, 2) if total else 0.0,
-        embedding=EmbeddingStats(**emb.stats()) if emb else None,
+        embedding=EmbeddingStats(**emb.stats()),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import warnings
@@ -97,6 +98,38 @@ def openvino_network(model: SentenceTransformer, model_dir: Path, cache_dir: Pat
 def embedding_cache(cache_dir: Path, model_dir: Path) -> Path:
     """The model's exports and the "auto" choice: beside the converted generator, under the cache's models/."""
     return cache_dir / "models" / "embedding" / model_fingerprint(model_dir)
+
+
+def declared_dimension(model_dir: Path) -> int | None:
+    """The vector size a sentence-transformers folder declares (its last Pooling or Dense module's config), read
+    without importing the library (seconds in a cold process); None for a module or a key this does not know
+    (the caller then loads the model and asks it). Only a forecast: the loaded model's own size is what counts."""
+    try:
+        dim = None
+        for module in json.loads((model_dir / "modules.json").read_text()):
+            kind = module["type"].rsplit(".", 1)[-1]
+            if kind in ("Pooling", "Dense"):
+                config = json.loads((model_dir / module["path"] / "config.json").read_text())
+                dim = _pooled_dimension(config) if kind == "Pooling" else int(config["out_features"])
+            elif kind not in ("Transformer", "Normalize"):
+                return None
+        options = model_dir / "config_sentence_transformers.json"
+        if options.exists() and json.loads(options.read_text()).get("truncate_dim") is not None:
+            return None
+        return dim
+    except (OSError, KeyError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _pooled_dimension(config: dict[str, Any]) -> int | None:
+    """Pooling concatenates one vector per mode: ``pooling_mode`` (a name or a list), or the legacy
+    ``pooling_mode_*_token(s)`` flags."""
+    width = int(config.get("embedding_dimension") or config["word_embedding_dimension"])
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [k for k, on in config.items() if k.startswith("pooling_mode_") and on is True]
+    count = 1 if isinstance(modes, str) else len(modes)
+    return width * count if count else None
 
 
 def model_fingerprint(path: Path) -> str:
