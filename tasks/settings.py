@@ -137,7 +137,8 @@ class DatasetSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    parse_workers: int = Field(0, description="Parser subprocesses; 0 = one per free core, at most 2.")
+    parse_workers: int = Field(0, description="Parser subprocesses; 0 = one per free core but one (the embedder's), "
+                               "at least 1, at most 2.")
     parse_timeout_s: float = Field(120.0, description="Wall-clock bound per file; slower files are quarantined.")
     parse_memory_mb: int = Field(3072, description="Address-space bound per parser process.")
     max_file_mb: int = Field(32, description="Larger source files are quarantined without parsing.")

@@ -171,7 +171,10 @@ class ParserPool:
 
 
 def default_workers(requested: int = 0) -> int:
-    """``requested`` workers, or one per free core, at most 2."""
+    """``requested`` workers, or one per free core but one, at least 1 and at most 2: the embedder, in the run's own
+    process, needs a core beside the parsers. On this 2-vCPU host a second parser made the Ray docs ingestion
+    slower, 116 s -> 125 s (its imports and the cores it took from the embedder cost more than its parsing saved:
+    docs/ingestion.md)."""
     from tasks.runtime.cpu import free_cores
 
-    return requested or min(2, free_cores())
+    return requested or max(1, min(2, free_cores() - 1))
