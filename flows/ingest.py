@@ -79,8 +79,10 @@ def ingest_documents(source: str, collection: str = "", force: bool = False, reb
 def index_documents(run: Run, diff: Diff) -> None:
     """The listing's added and changed documents in growing batches; the next batch parses while one embeds."""
     batches = list(batched(diff.todo, run.settings.ingest.batch_docs))
-    if batches:
-        start_parsers(run.settings.ingest, len(batches[0]))  # they start while the model loads
+    if not batches:
+        return  # an unchanged re-run: no parser, no model
+    run.load_model()
+    start_parsers(run.settings.ingest, len(batches[0]))  # they start while the model loads
     wait_for_model(run)  # nothing is written before the loaded model's meta is checked
     for batch, upcoming in zip(batches, [*batches[1:], []], strict=False):
         index_batch(run, batch, upcoming)

@@ -55,9 +55,9 @@ def reindex_document(uris: list[str], source: str = "", collection: str = "") ->
         get_run_logger().info("%d document(s) to index, %d to delete, %d unchanged", len(todo), len(gone),
                               run.stats.unchanged)
         if todo:
+            run.load_model()
             start_parsers(settings.ingest, len(todo))  # they start while the model loads: seconds each, cold
-        wait_for_model(run)  # nothing is written before the loaded model's meta is checked
-        if todo:
+            wait_for_model(run)  # nothing is written before the loaded model's meta is checked
             index_batch(run, todo)
         if gone:
             delete_removed(run, gone)

@@ -73,9 +73,9 @@ class Run:
     source: Source
     index: IndexClient
     collection: str  # the physical generation written to
-    loading: Future[IndexMeta]  # the embedder loading on the torch thread (``open_run``)
     workdir: Path
     executor: ThreadPoolExecutor
+    loading: Future[IndexMeta] | None = None  # the embedder loading on the torch thread (``load_model``)
     stats: RunStats = field(default_factory=RunStats)
     prefetched: dict[tuple[str, ...], Any] = field(default_factory=dict)  # tasks.ingest.batch.Prepared by batch
     warming: bool = False
@@ -87,24 +87,32 @@ class Run:
         collection's. ``open_run`` checked only what the model folder declares; this check keeps a wrong
         forecast from ever writing a vector."""
         if self._meta is None:
-            meta = self.loading.result()
+            meta = self.load_model().result()
             self.index.check_meta(self.collection, meta)
             self._meta = meta
         return self._meta
+
+    def load_model(self) -> Future[IndexMeta]:
+        """Start loading the embedding model on the torch thread (once): only a run with something to embed
+        pays for it; an unchanged re-run never loads it."""
+        if self.loading is None:
+            self.loading = torch_pool().submit(index_meta, self.settings)
+        return self.loading
 
 
 def parser_pool(ing: IngestSettings, documents: int = 0) -> ParserPool:
     """The process's parser pool: started lazily (an unchanged re-run never pays for parser processes)
     and kept for the process (a served deployment answers the next event without restarting workers).
-    First use starts one worker per free core (at most 2), or fewer when it has fewer documents: a
-    one-document event in a cold process should not spend a core importing a parser that gets no file."""
+    First use starts ``default_workers`` (one per free core but the embedder's), or fewer when it has fewer
+    documents: a one-document event in a cold process should not spend a core importing a parser that gets no
+    file."""
     limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
-    key = (limits, ing.packaged_spacy)
+    key = (limits, ing.packaged_spacy, ing.batch_nlp)
     with _POOLS_LOCK:
         if key not in _POOLS:
             workers = default_workers(ing.parse_workers)
             _POOLS[key] = pool = ParserPool(min(workers, documents) if documents else workers, limits,
-                                            ing.packaged_spacy)
+                                            ing.packaged_spacy, ing.batch_nlp)
             atexit.register(pool.__exit__, None, None, None)
         return _POOLS[key]
 
@@ -126,7 +134,7 @@ def warm_up(settings: Settings) -> None:
     parser_pool(settings.ingest)
 
 
-_POOLS: dict[tuple[ParseLimits, bool], ParserPool] = {}
+_POOLS: dict[tuple[ParseLimits, bool, bool], ParserPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
@@ -153,28 +161,30 @@ def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = Fal
     """A run writing into the generation ``alias`` serves, or into a new one (``rebuild``; not served
     until promoted).
 
-    The embedding model loads on the torch thread meanwhile (seconds in a cold process: an event's
-    parser processes start and its document parses in that time). Only a new generation waits for it
-    here (its schema needs the dimension, its meta the backend); an existing one is checked now against
-    the model folder's declared meta, and against the loaded model's before vectors are written (``Run.meta``).
+    The embedding model loads only once the run has something to embed (``Run.load_model``), on the torch
+    thread (seconds in a cold process: an event's parser processes start and its document parses in that
+    time). A new generation waits for it here (its schema needs the dimension, its meta the backend); an
+    existing one is checked now against the model folder's declared meta, and against the loaded model's
+    before vectors are written (``Run.meta``).
     """
-    loading = torch_pool().submit(index_meta, settings)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(IndexClient.from_settings(settings))
         physical = None if rebuild else client.resolve(alias)
+        loading = None
         if physical and (declared := declared_meta(settings)):
             client.check_meta(physical, declared)  # another model is refused now, before anything is written
         else:
+            loading = torch_pool().submit(index_meta, settings)
             meta = loading.result()
             physical = client.create_generation(alias, meta) if rebuild else client.ensure_generation(alias, meta)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ragtune-ingest-")))
         executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ragtune-parse"))  # one pool user
-        yield Run(settings, source, client, physical, loading, workdir, executor)
+        yield Run(settings, source, client, physical, workdir, executor, loading)
 
 
 def wait_for_model(run: Run) -> IndexMeta:
-    """Wait for the embedding model (loading since ``open_run``) and check its meta against the collection's:
-    every write of a run comes after this (start the parser processes first: they start meanwhile)."""
+    """Load the embedding model (or wait for the load under way) and check its meta against the collection's:
+    every chunk a run writes comes after this (start the parser processes first: they start meanwhile)."""
     return run.meta
 
 
@@ -271,8 +281,8 @@ def relative_path(source: Source, uri: str) -> str:
 # --- deletion, finishing, reporting ---------------------------------------------------------------
 @task(name="delete-removed", cache_policy=NO_CACHE)
 def delete_removed(run: Run, removed: Sequence[DocRecord]) -> int:
-    """Chunks first, then records: a crash in between leaves records that the next run deletes again."""
-    wait_for_model(run)
+    """Chunks first, then records: a crash in between leaves records that the next run deletes again.
+    No model needed: deleting a removed document's chunks is right whatever model wrote them."""
     ids = [r.doc_id for r in removed]
     with run.stats.timed("write"):
         run.index.delete_documents(run.collection, ids)
@@ -289,8 +299,7 @@ def finish(run: Run) -> IngestReport:
         run.index.flush_records(run.collection)
     s = run.stats
     total = sum(v for k, v in s.seconds.items() if k != "total")
-    wait_for_model(run)  # a run that embedded nothing waits too: its report says how it would embed
-    emb = embedder(run.settings)
+    emb = embedder(run.settings) if run.loading is not None else None  # a run that embedded nothing: none loaded
     return IngestReport(
         source=run.source.uri, collection=run.collection, added=s.added, updated=s.updated,
         deleted=s.deleted, unchanged=s.unchanged, quarantined=len(s.quarantined),
@@ -298,7 +307,7 @@ def finish(run: Run) -> IngestReport:
         skipped=dict(s.skipped), chunks_written=s.chunks_written, chunks_reused=s.chunks_reused,
         seconds={k: round(v, 3) for k, v in s.seconds.items()},
         chunks_per_s=round(s.chunks_written / total, 2) if total else 0.0,
-        embedding=EmbeddingStats(**emb.stats()),
+        embedding=EmbeddingStats(**emb.stats()) if emb else None,
     )
 
 

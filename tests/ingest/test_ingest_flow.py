@@ -53,6 +53,7 @@ def _consistent(settings: Settings) -> dict[str, int]:
 
 def test_add_change_remove_round_trip_and_unchanged_rerun(env: Settings, tmp_path: Path) -> None:
     from flows.ingest import ingest_documents
+    from tasks.ingest import plan
 
     docs = tmp_path / "docs"
     _write_docs(docs)
@@ -60,9 +61,11 @@ def test_add_change_remove_round_trip_and_unchanged_rerun(env: Settings, tmp_pat
     assert (first.added, first.quarantined, first.collection) == (6, 0, "docs__g1")
     assert _search(env, "where does the okapi live")[0] == "okapis.md"
 
+    plan._EMBEDDERS.clear()  # as in a fresh process: an unchanged re-run must not load the model
     again = ingest_documents(str(docs))
     assert (again.unchanged, again.added, again.updated, again.chunks_written) == (6, 0, 0, 0)
     assert "embed" not in again.seconds and "parse" not in again.seconds  # nothing parsed or embedded
+    assert again.embedding is None and not plan._EMBEDDERS
 
     (docs / "okapis.md").write_text("# All about okapis\n\n## Diet\n\nOkapis eat leaves of the forest.\n")
     (docs / "tapirs.md").unlink()
