@@ -30,8 +30,7 @@ from tasks.ingest.plan import (
     finish,
     open_run,
     plan,
-    start_parsers,
-    wait_for_model,
+    ready_to_write,
 )
 from tasks.ingest.report import IngestReport, publish_report
 from tasks.ingest.shards import Shard, require_shardable, run_shards, sharded_report, shards_with_work
@@ -81,9 +80,7 @@ def index_documents(run: Run, diff: Diff) -> None:
     batches = list(batched(diff.todo, run.settings.ingest.batch_docs))
     if not batches:
         return  # an unchanged re-run: no parser, no model
-    run.load_model()
-    start_parsers(run.settings.ingest, len(batches[0]))  # they start while the model loads
-    wait_for_model(run)  # nothing is written before the loaded model's meta is checked
+    ready_to_write(run, len(batches[0]))
     for batch, upcoming in zip(batches, [*batches[1:], []], strict=False):
         index_batch(run, batch, upcoming)
 

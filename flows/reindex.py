@@ -30,9 +30,8 @@ from tasks.ingest.plan import (
     finish,
     open_run,
     plan_documents,
+    ready_to_write,
     source_for,
-    start_parsers,
-    wait_for_model,
 )
 from tasks.ingest.report import IngestReport, publish_report
 from tasks.runtime.process import process_settings
@@ -55,9 +54,7 @@ def reindex_document(uris: list[str], source: str = "", collection: str = "") ->
         get_run_logger().info("%d document(s) to index, %d to delete, %d unchanged", len(todo), len(gone),
                               run.stats.unchanged)
         if todo:
-            run.load_model()
-            start_parsers(settings.ingest, len(todo))  # they start while the model loads: seconds each, cold
-            wait_for_model(run)  # nothing is written before the loaded model's meta is checked
+            ready_to_write(run, len(todo))
             index_batch(run, todo)
         if gone:
             delete_removed(run, gone)

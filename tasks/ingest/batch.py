@@ -87,15 +87,11 @@ def _prepare(run: Run, files: Sequence[SourceFile]) -> Prepared:
         run.index.write_records(run.collection, [_record(f, h, "pending") for f, _, h in todo])
         run.index.flush_records(run.collection)
         prep.parsed = run.executor.submit(_parse, run, todo)
-        if not run.warming:  # the first batch: load the tokenizer and the model while its documents parse
+        if not run.warming:  # the first batch: load the chunker's tokenizer (~1 s, cold) while its documents parse
             run.warming = True
-            threading.Thread(target=_warm, args=(run.settings,), daemon=True).start()
+            run.load_model()  # under way already when a flow called ready_to_write
+            threading.Thread(target=_tokenizer, args=(run.settings,), daemon=True).start()
     return prep
-
-
-def _warm(settings: Settings) -> None:
-    _tokenizer(settings)  # ~1 s in a cold process
-    embedder(settings)
 
 
 def _tokenizer(settings: Settings) -> Any:

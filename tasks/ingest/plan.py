@@ -117,7 +117,7 @@ def parser_pool(ing: IngestSettings, documents: int = 0) -> ParserPool:
         return _POOLS[key]
 
 
-def start_parsers(ing: IngestSettings, documents: int) -> None:
+def _start_parsers(ing: IngestSettings, documents: int) -> None:
     """Start the process's parser pool in the background, now: a cold start imports the parsers for seconds,
     which the run spends loading the model instead. A start that fails here is retried, and reported, by the
     batch's own ``parser_pool`` call."""
@@ -182,9 +182,12 @@ def open_run(settings: Settings, source: Source, alias: str, rebuild: bool = Fal
         yield Run(settings, source, client, physical, workdir, executor, loading)
 
 
-def wait_for_model(run: Run) -> IndexMeta:
-    """Load the embedding model (or wait for the load under way) and check its meta against the collection's:
-    every chunk a run writes comes after this (start the parser processes first: they start meanwhile)."""
+def ready_to_write(run: Run, documents: int) -> IndexMeta:
+    """Before a run's first chunk: the embedding model loading and the parser processes for ``documents`` starting
+    side by side (seconds each in a cold process), then the loaded model's meta checked against the collection's.
+    Nothing is written before this returns."""
+    run.load_model()
+    _start_parsers(run.settings.ingest, documents)
     return run.meta
 
 
