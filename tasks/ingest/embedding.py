@@ -10,18 +10,19 @@ cores while they parse and give them back), and the choice of backend.
 Backends on a CPU (``models.embedding_backend``): PyTorch fp32, the same network exported to ONNX Runtime in
 fp32 or dynamically quantized to int8 (tasks.runtime.loading.onnx_network; exported once into the cache), or
 that export on OpenVINO in fp32 or statically quantized to int8 by NNCF (tasks.runtime.openvino_network),
-calibrated on the first ``CALIBRATION_TEXTS`` chunk texts this embedder is given (OpenVINO fp32 runs until
-then; the calibrated model is cached and later processes load it). Each is checked against PyTorch fp32 on
-probe sentences when it loads (``_MIN_COSINE``: int8 moves vectors, fp32 only rounds them); "auto" keeps the
-fastest of those that pass on a realistic batch, measured once per host and model and remembered in the
-cache (a cold one-document re-index must not time five backends); questions under "auto" run fp32 ONNX
-instead (``QUERY_AUTO``). On CUDA the model runs in PyTorch, bf16 or fp16. The networks stand in for the
+calibrated on the corpus' own chunk texts (``_collect``: the same corpus, the same set; OpenVINO fp32 runs
+until then, and the run report says so; the calibrated model is cached and later processes load it). Each is
+checked against PyTorch fp32 on probe sentences when it loads (``_MIN_COSINE``: int8 moves vectors, fp32 only
+rounds them); "auto" keeps the fastest of those that pass on a realistic batch, measured once per host and model
+and remembered in the cache (a cold one-document re-index must not time five backends); questions under "auto"
+run fp32 ONNX instead (``QUERY_AUTO``). On CUDA the model runs in PyTorch, bf16 or fp16. The networks stand in for the
 transformers model inside sentence-transformers only on a release they were tested in
 (``network_swap_tested``); on another every CPU backend is PyTorch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -85,7 +86,8 @@ class Embedder:
         self.agreement: dict[str, float] = {}  # least cosine of each loaded backend to PyTorch fp32
         self._transformer: Any = self.model[0]
         self._networks: dict[str, Any] = {"torch": self._transformer.model}
-        self._calibration_set: list[str] | None = None  # openvino-int8 before calibration: the texts collected
+        self._calibration_set: set[str] | None = None  # openvino-int8 before calibration: the texts seen
+        self._fp32_documents = 0  # document texts openvino-int8 embedded in OpenVINO fp32 before it was calibrated
         if self.device != "cpu":
             self.backend, self.precision = "torch", self._half(models.bf16 and bf16 is not False)
         else:
@@ -101,10 +103,23 @@ class Embedder:
         return self.precision == "bf16"
 
     def stats(self) -> dict[str, Any]:
-        """What the ingest report's ``embedding`` says about this embedder."""
-        return {"backend": self.backend, "device": self.device, "precision": self.precision, "bf16": self.bf16,
+        """What the ingest report's ``embedding`` says about this embedder: the backend and precision that
+        embedded its documents (``_embedded_by``)."""
+        backend, precision = self._embedded_by()
+        calibration = {**self.calibration, **({"openvino_int8_fp32_texts": self._fp32_documents}
+                                               if self._fp32_documents else {})}
+        return {"backend": backend, "device": self.device, "precision": precision, "bf16": self.bf16,
                 "threads": self.threads, "passes_by_threads": dict(self.passes_by_threads),
-                "calibration": self.calibration}
+                "calibration": calibration}
+
+    def _embedded_by(self) -> tuple[str, str]:
+        """openvino-int8 that never embedded a document in int8 (a corpus of fewer than ``CALIBRATION_TEXTS``
+        texts, or a calibration that failed) embedded in OpenVINO fp32, and says so; one that was calibrated
+        after its first texts counts those in ``openvino_int8_fp32_texts``."""
+        pending = self._calibration_set is not None and self._fp32_documents > 0
+        if self.backend == "openvino-int8" and (pending or self.precision == "fp32"):
+            return "openvino", "fp32"
+        return self.backend, self.precision
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Unit document vectors (the model's document prompt, if any) for ``texts`` in their order, computed
@@ -130,6 +145,8 @@ class Embedder:
         batches = list(_batches(np.argsort(lengths, kind="stable"), lengths, batch_size))
         if kind == "document" and self.backend == "openvino-int8" and self._calibration_set is not None:
             self._collect(texts)
+            if self._calibration_set is not None:  # still too few texts: OpenVINO fp32 embeds these
+                self._fp32_documents += len(texts)
         gauge = self._gauge if len(batches) > 1 else None  # one pass (a query, a small document): no sampling
         others = gauge.others(settle_s=0.05) if gauge else None  # cores busy right now
         for batch in batches:
@@ -229,7 +246,7 @@ class Embedder:
                 network.use(found[0])
                 self.calibration["openvino_int8_calibration_texts"] = found[1].get("texts", 0)
             else:
-                self._calibration_set = []  # fp32 until the first chunk texts arrive (``_collect``)
+                self._calibration_set = set()  # fp32 until enough chunk texts arrived (``_collect``)
         return network
 
     def _agreement(self, backend: str) -> float:
@@ -240,13 +257,22 @@ class Embedder:
         return cosine
 
     def _collect(self, texts: Sequence[str]) -> None:
-        """Static int8's calibration set: chunk texts spread over this call, up to ``CALIBRATION_TEXTS`` over
-        calls; then calibrate (this embedder's first documents of a run)."""
+        """Static int8's calibration set: once the distinct document texts seen reach ``CALIBRATION_TEXTS``, the
+        ``CALIBRATION_TEXTS`` of them with the smallest SHA-256 (``_calibration_choice``); then calibrate, before
+        this call's vectors.
+
+        Chosen by digest, not by position: the same texts give the same set in any order and however the calls
+        split them, and a document more or less in the first batches (a parse that timed out) changes only its
+        own texts' places, not a stride over all of them. The first call rarely holds 64 texts alone
+        (tasks.ingest.plan.batched: batches of 4, 8, 16 then ``batch_docs`` documents; ~38 chunks in the Ray
+        docs' first four, ~8 in SciFact's), so the set spans a run's first calls, embedded in OpenVINO fp32
+        meanwhile (``_embedded_by``). Calibrating sooner on fewer texts would make the corpus' cached calibration
+        worse for good: on Ray docs paragraphs, probe cosine 0.9976 / mean 0.9962 to fp32 on 128 others with 64
+        texts, 0.9951 / 0.9950 with 16, 0.9902 / 0.9914 with 8, 0.955 with 4 (refused)."""
         assert self._calibration_set is not None
-        wanted = CALIBRATION_TEXTS - len(self._calibration_set)
-        self._calibration_set += list(texts[:: max(1, len(texts) // wanted)][:wanted])
+        self._calibration_set.update(texts)
         if len(self._calibration_set) >= CALIBRATION_TEXTS:
-            texts, self._calibration_set = self._calibration_set, None
+            texts, self._calibration_set = _calibration_choice(self._calibration_set), None
             try:
                 self._calibrate(texts)
             except Exception as exc:  # a run must not fail for a faster path: OpenVINO fp32 embeds on
@@ -319,6 +345,11 @@ class Embedder:
 _PROBES = ["How do I scale a deployment?", "Ray Serve replicas handle requests in parallel across the cluster.",
            "Autoscaling adds replicas when the queue grows, and removes them when traffic falls. " * 4,
            "The actor pool restarts failed workers.", "Datasets stream blocks between operators."]
+
+
+def _calibration_choice(texts: set[str]) -> list[str]:
+    """The ``CALIBRATION_TEXTS`` texts with the smallest SHA-256 (Python's ``hash`` is salted per process)."""
+    return sorted(texts, key=lambda t: hashlib.sha256(t.encode()).digest())[:CALIBRATION_TEXTS]
 
 
 def _cpu_model() -> str:

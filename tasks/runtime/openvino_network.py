@@ -1,8 +1,8 @@
 """The embedding network on OpenVINO: the ONNX export in fp32, or statically quantized to int8 with NNCF.
 
 Static int8 fixes every activation's scale from a calibration set, so it needs representative inputs: the
-corpus' own chunk texts, tokenized the way the model tokenizes them (``tasks.ingest.embedding`` collects the
-first few hundred of a run). Nothing is downloaded. The quantized model is saved in the model's cache folder
+corpus' own chunk texts, tokenized the way the model tokenizes them (``tasks.ingest.embedding`` picks 64 of a
+run's first chunk texts by digest). Nothing is downloaded. The quantized model is saved in the model's cache folder
 under a fingerprint of its calibration inputs, and ``calibration.json`` there names the latest one: later
 processes (a re-run, a one-document event) load it instead of calibrating again.
 
