@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -149,6 +150,10 @@ class IngestSettings(BaseModel):
     batch_nlp: bool = Field(True, description="unstructured's narrative-text test for a whole document in one "
                             "spaCy pass (tasks/ingest/narrative.py; same elements, ~1.5x faster parsing); false = "
                             "one spaCy call per paragraph, as unstructured does.")
+    rst_reader: Literal["docutils", "pandoc"] = Field(
+        "docutils", description="How reStructuredText becomes the HTML unstructured partitions: docutils, with "
+        "Sphinx' directives and roles read as the built page shows them (tasks/ingest/rst.py; ~4x faster), or "
+        "pandoc, as unstructured's partition_rst does.")
     max_tokens: int = Field(256, description="Chunk budget in embedding word pieces, title prefix included.")
     overlap_tokens: int = Field(0, ge=0, le=128, description="Word pieces a chunk repeats from the end of the "
                                 "chunk before it in the same section; 0 = none (chosen on the Ray docs: "

@@ -19,7 +19,15 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from tasks.ingest import narrative
-from tasks.ingest.parsing import NO_LANGUAGE, Element, ParseError, ParseLimits, configure_pandoc, parse_file
+from tasks.ingest.parsing import (
+    NO_LANGUAGE,
+    Element,
+    ParseError,
+    ParseLimits,
+    configure_pandoc,
+    parse_file,
+    use_rst_reader,
+)
 from tasks.ingest.spacy_model import use_packaged_model
 
 
@@ -39,6 +47,7 @@ def serve(config: str) -> None:
     os.dup2(2, 1)  # parsers print notices; stdout carries only the protocol
     inbox = Connection(0, writable=False)
     narrative.use_batched(options.get("batch_nlp", True))
+    use_rst_reader(options.get("rst_reader", "docutils"))
     _preload(options["packaged_spacy"])
     out.send(("ready", None))  # the parent starts a file's clock only now: imports are not the file's fault
     while True:
@@ -76,8 +85,10 @@ class _Slot:
 class ParserPool:
     """Parse files in worker processes; a file that fails, crashes or overruns yields a reason."""
 
-    def __init__(self, workers: int, limits: ParseLimits, packaged_spacy: bool = True, batch_nlp: bool = True):
+    def __init__(self, workers: int, limits: ParseLimits, packaged_spacy: bool = True, batch_nlp: bool = True,
+                 rst_reader: str = "docutils"):
         self.limits, self.packaged_spacy, self.batch_nlp = limits, packaged_spacy, batch_nlp
+        self.rst_reader = rst_reader
         self._slots = [self._spawn() for _ in range(max(1, workers))]
         for slot in self._slots:
             self._wait_ready(slot)
@@ -94,7 +105,7 @@ class ParserPool:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         config = json.dumps({"limits": asdict(self.limits), "packaged_spacy": self.packaged_spacy,
-                             "batch_nlp": self.batch_nlp})
+                             "batch_nlp": self.batch_nlp, "rst_reader": self.rst_reader})
         argv = [sys.executable, "-m", "tasks.ingest.parsing", config]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root)
         assert process.stdin and process.stdout

@@ -6,7 +6,9 @@ unstructured's spaCy model comes from a package, never a download (``tasks.inges
 
 Text formats are decoded here, never by unstructured's guess (``tasks.ingest.encoding``), and the
 decoded text is what the partitioners see. Markdown flavours (MDX, Markdoc, Quarto) are cleaned to plain
-Markdown first (``tasks.ingest.markup``); AsciiDoc goes through pandoc's AsciiDoc reader to Markdown.
+Markdown first (``tasks.ingest.markup``); AsciiDoc goes through pandoc's AsciiDoc reader to Markdown;
+reStructuredText is read by docutils (``tasks.ingest.rst``), or by pandoc as unstructured does
+(``ingest.rst_reader``).
 
 PDF uses pdfminer directly: unstructured's ``partition_pdf`` imports its image stack (pi_heif,
 unstructured_inference) even for ``strategy="fast"``, and ragtune omits it.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.ingest import narrative, spacy_model
+from tasks.ingest import narrative, rst, spacy_model
 from tasks.ingest.encoding import UndecodableText, decode_text
 from tasks.ingest.markup import MARKDOWN_FLAVOURS, page_markdown, split_front_matter
 from tasks.ingest.sphinx import autosummary_pages, myst_to_markdown
@@ -45,6 +48,16 @@ _GFM_ALERT = re.compile(r"^> \[!(\w+)\][ \t]*$", re.M)  # pandoc writes AsciiDoc
 # unstructured's language detection (langdetect over each document's text, ~10 % of a Ray docs parse)
 # fills metadata.languages, which Element does not keep; [""] is its documented "skip".
 NO_LANGUAGE = [""]
+log = logging.getLogger(__name__)
+RST_READERS = ("docutils", "pandoc")
+_rst_reader = {"name": "docutils"}  # this process's choice (a parser worker sets it from the settings)
+
+
+def use_rst_reader(name: str) -> None:
+    """Choose for this process how ``.rst`` becomes HTML: docutils (``tasks.ingest.rst``) or pandoc."""
+    if name not in RST_READERS:
+        raise ValueError(f"unknown reStructuredText reader {name!r}: one of {', '.join(RST_READERS)}")
+    _rst_reader["name"] = name
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,8 @@ def _partition_text(text: str, suffix: str) -> list[Element]:
         elements = _untitled(_project(_partitioner(suffix)(text=text, languages=NO_LANGUAGE)))
     elif suffix in (".html", ".htm"):
         elements = _project(narrative.partition(_partitioner(suffix), text=text, languages=NO_LANGUAGE))
+    elif suffix == ".rst" and (html := _docutils_html(text)) is not None:
+        elements = _project(_partition_rst_html(html))
     else:  # rst, csv and tsv partitioners take bytes only: the decoded text, as UTF-8
         elements = _project(narrative.partition(_partitioner(suffix), file=io.BytesIO(text.encode()),
                                                 languages=NO_LANGUAGE))
@@ -164,6 +179,29 @@ def _untitled(elements: list[Element]) -> list[Element]:
     if elements and all(e.type == "Title" for e in elements):
         return [Element("NarrativeText", e.text, e.page) for e in elements]
     return elements
+
+
+def _docutils_html(text: str) -> str | None:
+    """docutils' HTML for reStructuredText, when it is this process' reader; None = read it with pandoc (also
+    when docutils fails on the file: pandoc may still read it, and nothing of the document is lost)."""
+    if _rst_reader["name"] != "docutils":
+        return None
+    try:
+        return rst.rst_html(text)
+    except Exception as exc:  # noqa: BLE001 - any docutils failure: the file still has pandoc
+        log.warning("docutils could not read this reStructuredText (%s: %s): reading it with pandoc",
+                    type(exc).__name__, str(exc)[:200])
+        return None
+
+
+def _partition_rst_html(html: str) -> list[Any]:
+    """unstructured's elements for reStructuredText, as ``partition_rst`` makes them but from docutils' HTML."""
+    from unstructured.file_utils.model import FileType
+
+    if not html.strip():  # nothing but comments, includes or blank lines
+        return []
+    return narrative.partition(_partitioner(".html"), text=html, languages=NO_LANGUAGE,
+                               metadata_file_type=FileType.RST, detection_origin="rst")
 
 
 def _project(raw: Sequence[Any]) -> list[Element]:

@@ -107,12 +107,12 @@ def parser_pool(ing: IngestSettings, documents: int = 0) -> ParserPool:
     documents: a one-document event in a cold process should not spend a core importing a parser that gets no
     file."""
     limits = ParseLimits(ing.parse_timeout_s, ing.parse_memory_mb, ing.max_file_mb, ing.max_unzipped_mb)
-    key = (limits, ing.packaged_spacy, ing.batch_nlp)
+    key = (limits, ing.packaged_spacy, ing.batch_nlp, ing.rst_reader)
     with _POOLS_LOCK:
         if key not in _POOLS:
             workers = default_workers(ing.parse_workers)
             _POOLS[key] = pool = ParserPool(min(workers, documents) if documents else workers, limits,
-                                            ing.packaged_spacy, ing.batch_nlp)
+                                            ing.packaged_spacy, ing.batch_nlp, ing.rst_reader)
             atexit.register(pool.__exit__, None, None, None)
         return _POOLS[key]
 
