@@ -82,9 +82,11 @@ class IndexMeta:
     bm25: bool = True
     record_version: int = RECORD_VERSION
     analyzer: str = ""  # BM25 terms: "" = Milvus' standard tokenizer on the raw text, else tasks.stores.analyzer's name
-    # how the creating run embedded (tasks.ingest.embedding): "torch", "onnx", "onnx-int8", "openvino" or
-    # "openvino-int8" on "cpu"/"cuda";
-    # "" = before ragtune recorded it (PyTorch fp32)
+    # the encoder the creating run was configured with (tasks.ingest.embedding): "torch", "onnx", "onnx-int8",
+    # "openvino" or "openvino-int8" on "cpu"/"cuda"; "" = before ragtune recorded it (PyTorch fp32). Recorded
+    # before the first text is embedded: an "openvino-int8" run embeds in OpenVINO fp32 until it has its 64
+    # calibration texts (all of a corpus smaller than that); its run report says what ran. Every precision of
+    # one model searches one space (``encoder_mismatch``), so a collection's vectors may mix them.
     embedding_backend: str = ""
     embedding_precision: str = ""  # fp32, fp16, bf16 or int8; "" = fp32
 
