@@ -7,9 +7,11 @@ cousins, ``tab-set``, ``literalinclude``, ``:ref:``, ``:class:``...) are registe
 public registration functions, before a document that uses them is parsed:
 
 - code directives (``testcode``, ``testoutput``, ``doctest``, ``ipython``...) become literal blocks;
-- directives that only point elsewhere or configure the build (``toctree``, ``literalinclude``, ``include``,
+- directives that only point elsewhere or configure the build (``literalinclude``, ``include``,
   ``currentmodule``, ``testsetup``...) are dropped: nothing of theirs is text on the built page. docutils'
   file insertion and raw passthrough stay off, so no document can pull a local file into the index;
+- a ``toctree`` is the list of its entries (an entry's title where it gives one, else its document name; Sphinx
+  shows the documents' titles), under its ``:caption:``: an index page is its list of pages, as on the site;
 - any other directive keeps its argument line (a tab's or a card's title) and its body, parsed as
   reStructuredText: what pandoc's reader did with directives it did not know;
 - cross-reference roles (``:ref:``, ``:doc:``, ``:term:``) keep their title, without the ``<target>``;
@@ -28,7 +30,7 @@ from typing import Any
 
 CODE = {"code-block", "sourcecode", "testcode", "testoutput", "doctest", "ipython", "code-cell",
         "jupyter-execute", "exec_code", "program-output"}
-DROPPED = {"toctree", "literalinclude", "include", "raw", "currentmodule", "module", "highlight", "index",
+DROPPED = {"literalinclude", "include", "raw", "currentmodule", "module", "highlight", "index",
            "testsetup", "testcleanup", "contents", "only-if-never", "tabularcolumns", "autosummary-never"}
 XREF = {"ref", "doc", "term", "numref", "any", "download", "std:ref", "std:doc", "std:term", "keyword", "option"}
 
@@ -77,7 +79,8 @@ def _register(directive_names: set[str], role_names: set[str]) -> None:
         for name, kind in _pictures().items():
             directives.register_directive(name, kind)
     for name in directive_names:
-        kind = _dropped() if name in DROPPED else _code() if name in CODE else _generic()
+        kind = _dropped() if name in DROPPED else _code() if name in CODE else _toctree() if name == "toctree" \
+            else _generic()
         directives.register_directive(name, kind)
         _registered["directives"].add(name)
     for name in role_names:
@@ -140,6 +143,36 @@ def _code() -> type:
             return [nodes.literal_block(code, code, classes=["code"])]
 
     return Code
+
+
+@functools.cache
+def _toctree() -> type:
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+
+    class Toctree(Directive):
+        """Sphinx' table of contents: its caption, then one list item per entry (``:glob:`` patterns as written)."""
+
+        optional_arguments = 1
+        final_argument_whitespace = True
+        has_content = True
+        option_spec = _AnyOption()
+
+        def run(self) -> list[Any]:
+            entries = [line.strip() for line in self.content or [] if line.strip()]
+            out: list[Any] = []
+            if caption := self.options.get("caption"):
+                out.append(nodes.paragraph(caption, caption))
+            if entries:
+                items = nodes.bullet_list()
+                for entry in entries:
+                    titled = _TITLED.match(entry)
+                    text = titled[1] if titled and titled[1] else entry
+                    items += nodes.list_item("", nodes.paragraph(text, text))
+                out.append(items)
+            return out
+
+    return Toctree
 
 
 @functools.cache

@@ -59,8 +59,11 @@ Submit work with :class:`~ray.job_submission.JobSubmissionClient` and read :ref:
     The jobs dashboard.
 
 .. toctree::
+    :maxdepth: 1
+    :caption: Guides
 
-    jobs-overview
+    Quickstart <jobs-quickstart>
+    jobs-sdk
 
 ..
     A comment: not on the page.
@@ -97,7 +100,9 @@ def test_sphinx_directives_and_roles_read_as_the_built_page(tmp_path: Path) -> N
     assert "The jobs dashboard." in text  # a figure's caption (unstructured reads it as the image's alt text)
     assert "images/jobs.png" not in text
     assert "A card title" in text and "A card's body." in text  # any other directive: argument and body
-    for absent in ("TOP-SECRET-LOCAL-FILE", "alert", "jobs-overview\n", "A comment", "ray.job_submission\n"):
+    assert [e.text for e in elements if e.type == "ListItem"] == ["Quickstart", "jobs-sdk"]  # a toctree's entries
+    assert "Guides" in text and "maxdepth" not in text
+    for absent in ("TOP-SECRET-LOCAL-FILE", "alert", "jobs-quickstart", "A comment", "ray.job_submission\n"):
         assert absent not in text + "\n"
 
 
