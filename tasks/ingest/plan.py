@@ -134,7 +134,7 @@ def warm_up(settings: Settings) -> None:
     parser_pool(settings.ingest)
 
 
-_POOLS: dict[tuple[ParseLimits, bool, bool], ParserPool] = {}
+_POOLS: dict[tuple[ParseLimits, bool, bool, str], ParserPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
