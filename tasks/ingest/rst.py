@@ -31,7 +31,7 @@ from typing import Any
 CODE = {"code-block", "sourcecode", "testcode", "testoutput", "doctest", "ipython", "code-cell",
         "jupyter-execute", "exec_code", "program-output"}
 DROPPED = {"literalinclude", "include", "raw", "currentmodule", "module", "highlight", "index",
-           "testsetup", "testcleanup", "contents", "only-if-never", "tabularcolumns", "autosummary-never"}
+           "testsetup", "testcleanup", "contents", "tabularcolumns"}
 XREF = {"ref", "doc", "term", "numref", "any", "download", "std:ref", "std:doc", "std:term", "keyword", "option"}
 
 _DIRECTIVE = re.compile(r"^[ \t]*\.\.[ \t]+([\w][\w.+:-]*)[ \t]*::", re.M)
@@ -75,13 +75,11 @@ _registered: dict[str, set[str]] = {"directives": set(), "roles": set()}
 def _register(directive_names: set[str], role_names: set[str]) -> None:
     from docutils.parsers.rst import directives, roles
 
-    if not _registered["directives"]:
-        for name, kind in _pictures().items():
-            directives.register_directive(name, kind)
+    kinds = _directive_kinds()
     for name in directive_names:
-        kind = _dropped() if name in DROPPED else _code() if name in CODE else _toctree() if name == "toctree" \
-            else _generic()
-        directives.register_directive(name, kind)
+        kind = "dropped" if name in DROPPED else "code" if name in CODE else "toctree" if name == "toctree" \
+            else "generic"
+        directives.register_directive(name, kinds[kind])
         _registered["directives"].add(name)
     for name in role_names:
         roles.register_local_role(name, _xref_role if name.split(":")[-1] in XREF else _code_role)
@@ -98,18 +96,32 @@ class _AnyOption(dict):  # noqa: FURB189 - docutils indexes option_spec: any opt
         return str
 
 
-@functools.cache
-def _generic() -> type:
-    from docutils import nodes
-    from docutils.parsers.rst import Directive
+def _shown(text: str) -> str | None:
+    """The title of a ``title <target>`` reference or entry; None when it gives none."""
+    titled = _TITLED.match(text)
+    return titled[1] if titled and titled[1] else None
 
-    class Generic(Directive):
-        """A directive docutils does not know: its argument line as a paragraph, then its body."""
+
+@functools.cache
+def _directive_kinds() -> dict[str, type]:
+    """The directive classes Sphinx' directives are registered as (docutils imported on first use); docutils'
+    image and figure are replaced once, here (``_pictures``)."""
+    from docutils import nodes
+    from docutils.parsers.rst import Directive, directives
+
+    for name, kind in _pictures().items():
+        directives.register_directive(name, kind)
+
+    class Sphinx(Directive):
+        """Any argument line, any options, any body: what a Sphinx directive may carry."""
 
         optional_arguments = 1
         final_argument_whitespace = True
         has_content = True
         option_spec = _AnyOption()
+
+    class Generic(Sphinx):
+        """A directive docutils does not know: its argument line as a paragraph, then its body."""
 
         def run(self) -> list[Any]:
             box = nodes.container(classes=[self.name])
@@ -120,21 +132,8 @@ def _generic() -> type:
                 self.state.nested_parse(self.content, self.content_offset, box)
             return [box] if len(box) else []
 
-    return Generic
-
-
-@functools.cache
-def _code() -> type:
-    from docutils import nodes
-    from docutils.parsers.rst import Directive
-
-    class Code(Directive):
+    class Code(Sphinx):
         """A Sphinx code directive: its body as a literal block."""
-
-        optional_arguments = 1
-        final_argument_whitespace = True
-        has_content = True
-        option_spec = _AnyOption()
 
         def run(self) -> list[Any]:
             if not self.content:
@@ -142,21 +141,8 @@ def _code() -> type:
             code = "\n".join(self.content)
             return [nodes.literal_block(code, code, classes=["code"])]
 
-    return Code
-
-
-@functools.cache
-def _toctree() -> type:
-    from docutils import nodes
-    from docutils.parsers.rst import Directive
-
-    class Toctree(Directive):
+    class Toctree(Sphinx):
         """Sphinx' table of contents: its caption, then one list item per entry (``:glob:`` patterns as written)."""
-
-        optional_arguments = 1
-        final_argument_whitespace = True
-        has_content = True
-        option_spec = _AnyOption()
 
         def run(self) -> list[Any]:
             entries = [line.strip() for line in self.content or [] if line.strip()]
@@ -166,31 +152,18 @@ def _toctree() -> type:
             if entries:
                 items = nodes.bullet_list()
                 for entry in entries:
-                    titled = _TITLED.match(entry)
-                    text = titled[1] if titled and titled[1] else entry
+                    text = _shown(entry) or entry
                     items += nodes.list_item("", nodes.paragraph(text, text))
                 out.append(items)
             return out
 
-    return Toctree
-
-
-@functools.cache
-def _dropped() -> type:
-    from docutils.parsers.rst import Directive
-
-    class Dropped(Directive):
+    class Dropped(Sphinx):
         """A directive whose output is not text on the built page (or would read a local file)."""
-
-        optional_arguments = 1
-        final_argument_whitespace = True
-        has_content = True
-        option_spec = _AnyOption()
 
         def run(self) -> list[Any]:
             return []
 
-    return Dropped
+    return {"generic": Generic, "code": Code, "toctree": Toctree, "dropped": Dropped}
 
 
 @functools.cache
@@ -231,8 +204,7 @@ def _xref_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, op
     from docutils.utils import unescape
 
     text = unescape(text)
-    titled = _TITLED.match(text)
-    return [nodes.inline(rawtext, titled[1] if titled and titled[1] else text.lstrip("!~"))], []
+    return [nodes.inline(rawtext, _shown(text) or text.lstrip("!~"))], []
 
 
 def _code_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, options: Any = None,
@@ -242,10 +214,7 @@ def _code_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, op
     from docutils.utils import unescape
 
     text = unescape(text)
-    titled = _TITLED.match(text)
-    if titled and titled[1]:
-        text = titled[1]
-    else:
-        text = text.lstrip("!")
-        text = text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text
-    return [nodes.literal(rawtext, text)], []
+    if (title := _shown(text)) is not None:
+        return [nodes.literal(rawtext, title)], []
+    text = text.lstrip("!")
+    return [nodes.literal(rawtext, text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text)], []
